@@ -1,0 +1,1 @@
+"""FreezeTrainer: fine-tune pretrained keras.applications backbones in TFX under a freeze policy."""

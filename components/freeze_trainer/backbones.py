@@ -1,0 +1,107 @@
+"""Pretrained keras.applications backbones, built by name without their classification top."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+import tensorflow as tf
+
+_apps = tf.keras.applications
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    builder: Callable[..., tf.keras.Model]
+    module: ModuleType  # holds the family's `preprocess_input`
+    min_size: int
+    takes_alpha: bool = False
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "MobileNetV2": BackboneSpec(_apps.MobileNetV2, _apps.mobilenet_v2, 32, takes_alpha=True),
+    "MobileNetV3Small": BackboneSpec(_apps.MobileNetV3Small, _apps.mobilenet_v3, 32, takes_alpha=True),
+    "EfficientNetB0": BackboneSpec(_apps.EfficientNetB0, _apps.efficientnet, 32),
+    "ResNet50": BackboneSpec(_apps.ResNet50, _apps.resnet50, 32),
+    "ResNet50V2": BackboneSpec(_apps.ResNet50V2, _apps.resnet_v2, 32),
+    "VGG16": BackboneSpec(_apps.VGG16, _apps.vgg16, 32),
+}
+
+
+class BackboneError(ValueError):
+    pass
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BackboneError(f"backbone: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def is_saved_backbone(weights: str) -> bool:
+    return weights.endswith(".keras")
+
+
+def _local_copy(uri: str, directory: str) -> str:
+    """Keras reads weights from local files only; gs:// and other tf.io.gfile URIs are copied first."""
+    if os.path.exists(uri):
+        return uri
+    if not tf.io.gfile.exists(uri):
+        raise BackboneError(f"backbone_weights: {uri!r} does not exist")
+    local = os.path.join(directory, os.path.basename(uri))
+    tf.io.gfile.copy(uri, local, overwrite=True)
+    return local
+
+
+def build_backbone(
+    name: str, weights: str, input_shape: tuple[int, int, int], alpha: float = 1.0
+) -> tf.keras.Model:
+    """Builds `name` with `include_top=False`.
+
+    `weights` is `imagenet` (Keras downloads them: needs network), `none` (random initialisation),
+    a weights file (`.h5`, `.weights.h5`) for the named architecture, or a saved backbone (`.keras`)
+    that is loaded in Keras safe mode, so a downloaded file can never run code.
+    """
+    spec = backbone_spec(name)
+    if min(input_shape[:2]) < spec.min_size:
+        raise BackboneError(f"image_size: {name} needs at least {spec.min_size} px, got {input_shape[:2]}")
+    if is_saved_backbone(weights):
+        with tempfile.TemporaryDirectory() as tmp:
+            model = tf.keras.models.load_model(_local_copy(weights, tmp), compile=False, safe_mode=True)
+        if tuple(model.input_shape[1:]) != tuple(input_shape):
+            raise BackboneError(
+                f"backbone_weights: the saved backbone takes {model.input_shape[1:]}, the data has {input_shape}"
+            )
+        return model
+    kwargs = {"alpha": alpha} if spec.takes_alpha else {}
+    keras_weights = {"imagenet": "imagenet", "none": None}.get(weights.lower(), "file")
+    model = spec.builder(
+        include_top=False,
+        weights=None if keras_weights == "file" else keras_weights,
+        input_shape=input_shape,
+        **kwargs,
+    )
+    if keras_weights == "file":
+        with tempfile.TemporaryDirectory() as tmp:
+            model.load_weights(_local_copy(weights, tmp))
+    return model
+
+
+@tf.keras.utils.register_keras_serializable(package="freeze_trainer")
+class BackbonePreprocessing(tf.keras.layers.Layer):
+    """Maps images scaled to [0, 1] to what the named backbone's pretrained weights expect."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._preprocess_input = backbone_spec(backbone).module.preprocess_input
+
+    def call(self, images):
+        return self._preprocess_input(images * 255.0)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}

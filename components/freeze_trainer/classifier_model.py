@@ -1,0 +1,59 @@
+"""The trained model: backbone preprocessing, the backbone, and a new classification head."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components.freeze_trainer.backbones import BackbonePreprocessing, build_backbone
+from components.freeze_trainer.image_transform import IMAGE_KEY, transformed_name
+from components.freeze_trainer.trainer_config import TrainerConfig
+
+HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
+
+
+def build_classifier(
+    backbone: tf.keras.Model,
+    backbone_name: str,
+    num_classes: int,
+    bn_inference_mode: bool,
+    dropout: float = 0.2,
+    image_key: str = transformed_name(IMAGE_KEY),
+) -> tf.keras.Model:
+    """Wraps `backbone` with GlobalAveragePooling, dropout and a softmax layer.
+
+    With `bn_inference_mode` the backbone is called with `training=False`, so its BatchNorm layers use
+    and keep their moving statistics even while `fit` trains the rest (the Keras transfer-learning
+    recipe); otherwise BatchNorm follows the training phase wherever the layer is trainable.
+    """
+    inputs = tf.keras.Input(shape=backbone.input_shape[1:], name=image_key)
+    x = BackbonePreprocessing(backbone_name, name="backbone_preprocessing")(inputs)
+    x = backbone(x, training=False if bn_inference_mode else None)
+    x = tf.keras.layers.GlobalAveragePooling2D(name=HEAD_LAYER_NAMES[0])(x)
+    x = tf.keras.layers.Dropout(dropout, name=HEAD_LAYER_NAMES[1])(x)
+    # The head stays float32 even under a mixed-precision policy: softmax in float16 loses accuracy.
+    outputs = tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYER_NAMES[2])(x)
+    return tf.keras.Model(inputs, outputs, name="classifier")
+
+
+def backbone_of(model: tf.keras.Model) -> tf.keras.Model:
+    """The nested backbone model inside a classifier built by `build_classifier`."""
+    nested = [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"expected one nested backbone in {model.name}, found {len(nested)}")
+    return nested[0]
+
+
+def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    return [model.get_layer(name) for name in HEAD_LAYER_NAMES]
+
+
+def build_from_config(config: TrainerConfig, input_shape: tuple[int, int, int], num_classes: int) -> tf.keras.Model:
+    """The classifier a `TrainerConfig` describes; reads no training data."""
+    backbone = build_backbone(config.backbone, config.backbone_weights, input_shape, config.backbone_alpha)
+    return build_classifier(
+        backbone,
+        config.backbone,
+        num_classes,
+        bn_inference_mode=config.freeze_policy.bn_runs_in_inference_mode,
+        dropout=config.dropout,
+    )

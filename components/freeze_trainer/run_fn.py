@@ -1,0 +1,93 @@
+"""The default `run_fn`: builds the backbone and head, applies the freeze policy, trains, exports.
+
+The executor calls it when the pipeline names no user module. A user `run_fn` can reuse the same
+pieces; only the `freeze_report.json` asset is needed for the executor to record MLMD properties.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx_bsl.public import tfxio
+
+from components.freeze_trainer.classifier_model import build_from_config
+from components.freeze_trainer.fit_training import train_with_fit
+from components.freeze_trainer.freeze_plan import PhasePlan, plan_policy
+from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
+from components.freeze_trainer.serving_export import export_serving_model
+from components.freeze_trainer.trainer_config import TrainerConfig
+
+FREEZE_REPORT_ASSET = "freeze_report.json"
+FREEZE_POLICY_ASSET = "freeze_policy.json"
+
+
+def transformed_input_shape(tft_output: tft.TFTransformOutput) -> tuple[int, int, int]:
+    return tuple(tft_output.transformed_feature_spec()[transformed_name(IMAGE_KEY)].shape)
+
+
+def _dataset(fn_args: FnArgs, files: list[str], tft_output, batch_size: int, seed: int, training: bool):
+    options = tfxio.TensorFlowDatasetOptions(
+        batch_size=batch_size,
+        label_key=transformed_name(LABEL_KEY),
+        num_epochs=None if training and fn_args.train_steps else 1,
+        shuffle=training,
+        shuffle_seed=seed,
+    )
+    dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+    return dataset.take(fn_args.eval_steps) if not training and fn_args.eval_steps else dataset
+
+
+def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics: dict[str, float]) -> dict:
+    return {
+        "policy_sha256": config.freeze_policy.sha256(),
+        "backbone": config.backbone,
+        "backbone_weights": config.backbone_weights,
+        "freeze_check_passed": all(check.passed for check in checks),
+        "phases": [
+            {**check.as_dict(), "epochs": plan.phase.epochs or config.epochs,
+             "learning_rate": plan.phase.learning_rate or config.learning_rate}
+            for plan, check in zip(plans, checks)
+        ],
+        "final_metrics": metrics,
+    }
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    config = TrainerConfig.from_custom_config(fn_args.custom_config)
+    tf.keras.utils.set_random_seed(config.seed)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    num_classes = tft_output.vocabulary_size_by_name(LABEL_VOCABULARY)
+
+    # Model and plan first: a policy that does not fit the backbone fails before any data is read.
+    model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
+    plans = plan_policy(config.freeze_policy, model)
+
+    train_data = _dataset(fn_args, fn_args.train_files, tft_output, config.batch_size, config.seed, training=True)
+    eval_data = _dataset(fn_args, fn_args.eval_files, tft_output, config.batch_size, config.seed, training=False)
+    total_epochs = sum(plan.phase.epochs or config.epochs for plan in plans)
+    steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps else None
+    checks, metrics = train_with_fit(
+        model,
+        plans,
+        train_data,
+        eval_data,
+        default_epochs=config.epochs,
+        default_learning_rate=config.learning_rate,
+        callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
+        steps_per_epoch=steps_per_epoch,
+    )
+    report = freeze_report(config, plans, checks, metrics)
+    logging.info("Freeze check passed for every phase: %s", report["phases"])
+    export_serving_model(
+        model,
+        tft_output,
+        fn_args.serving_model_dir,
+        extra_assets={
+            FREEZE_POLICY_ASSET: config.freeze_policy.model_dump(mode="json", exclude_none=True),
+            FREEZE_REPORT_ASSET: report,
+        },
+    )

@@ -1,0 +1,43 @@
+"""The trainer's typed configuration, assembled from the component's execution parameters."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+
+from components.freeze_trainer.backbones import BACKBONES
+from components.freeze_trainer.freeze_policy import FreezePolicy, parse_policy
+
+CUSTOM_CONFIG_KEY = "freeze_trainer"
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    freeze_policy: FreezePolicy
+    backbone: str = "MobileNetV2"
+    backbone_weights: str = Field("imagenet", description="`imagenet`, `none`, a weights file or a `.keras` backbone")
+    backbone_alpha: PositiveFloat = 1.0
+    epochs: PositiveInt = 5
+    learning_rate: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 32
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        return name
+
+    @field_validator("freeze_policy", mode="before")
+    @classmethod
+    def _parse_policy_text(cls, value):
+        return parse_policy(value) if isinstance(value, str) else value
+
+    def to_custom_config(self) -> dict:
+        return {CUSTOM_CONFIG_KEY: self.model_dump(mode="json", exclude_none=True)}
+
+    @classmethod
+    def from_custom_config(cls, custom_config: dict | None) -> TrainerConfig:
+        return cls.model_validate((custom_config or {})[CUSTOM_CONFIG_KEY])

@@ -1,0 +1,1 @@
+"""Pipeline factory, demo data and the demo backbone's pretraining step."""

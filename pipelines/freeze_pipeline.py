@@ -1,0 +1,121 @@
+"""The one pipeline factory every runner uses: local (Beam), Kubeflow Pipelines v2 and Vertex AI.
+
+ExampleGen -> StatisticsGen -> SchemaGen -> Transform -> FreezeTrainer -> Resolver (latest blessed
+model) -> Evaluator (TFMA: accuracy floor and change threshold against the baseline) -> Pusher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from components.freeze_trainer.component import FreezeTrainer
+from components.freeze_trainer.image_transform import LABEL_KEY, transformed_name
+
+PREPROCESSING_FN = "components.freeze_trainer.image_transform.preprocessing_fn"
+
+# One in-process worker: on a small machine, Beam's default multi-process runner spends more time
+# starting workers and shipping data between them than it saves.
+FAST_LOCAL_BEAM_ARGS = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
+
+
+def eval_config(accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalConfig:
+    """Blesses a model whose accuracy clears the floor and is no worse than the baseline by more than
+    `max_accuracy_drop` (the change threshold is skipped when no model was blessed before)."""
+    return tfma.EvalConfig(
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                preprocessing_function_names=["transform_features"],
+                label_key=transformed_name(LABEL_KEY),
+                prediction_key="probabilities",
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(
+                        class_name="SparseCategoricalAccuracy",
+                        threshold=tfma.MetricThreshold(
+                            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
+                            change_threshold=tfma.GenericChangeThreshold(
+                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                absolute={"value": -max_accuracy_drop},
+                            ),
+                        ),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: Any,
+    serving_dir: str,
+    freeze_policy: Any,
+    backbone: Any = "MobileNetV2",
+    backbone_weights: Any = "imagenet",
+    backbone_alpha: Any = None,
+    epochs: Any = None,
+    learning_rate: Any = None,
+    batch_size: Any = None,
+    image_size: int = 224,
+    accuracy_floor: float = 0.5,
+    max_accuracy_drop: float = 0.02,
+    metadata_connection_config=None,
+    beam_pipeline_args: list[str] | None = None,
+    enable_cache: bool = False,
+) -> tfx.dsl.Pipeline:
+    example_gen = tfx.components.ImportExampleGen(input_base=data_root)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"image_size": image_size},
+    )
+    trainer = FreezeTrainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        freeze_policy=freeze_policy,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        backbone_alpha=backbone_alpha,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+    )
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=eval_config(accuracy_floor, max_accuracy_drop),
+    )
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)
+        ),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, transform, trainer, model_resolver, evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args or FAST_LOCAL_BEAM_ARGS),
+    )
