@@ -70,7 +70,8 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
                               batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
                               backbone_alpha=backbone_alpha, image_size=image_size)
 
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     from pipelines.freeze_pipeline import create_pipeline
     from pipelines.run_summary import summarize_latest_run
@@ -92,10 +93,10 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
         batch_size=config.batch_size,
         image_size=image_size,
         accuracy_floor=accuracy_floor,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
     )
     started = time.monotonic()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    LocalDagRunner().run(pipeline)
     wall = time.monotonic() - started
 
     summary = summarize_latest_run(metadata_path, PIPELINE_NAME)

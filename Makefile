@@ -1,0 +1,29 @@
+# `make run` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3.10
+VENV := .venv
+STAMP := $(VENV)/.synced
+UV_VERSION := 0.13.9
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: env run test pretrain plan bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv sync --frozen --extra test --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	touch $@
+
+run: env  ## the local demo pipeline on the embedded digits, ending with a pushed model
+	$(VENV)/bin/python local_runner.py $(ARGS)
+
+test: env  ## the whole suite
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+pretrain: env  ## rebuild the demo backbone and its transfer report
+	$(VENV)/bin/python -m pipelines.pretrain_backbone
+
+clean:
+	rm -rf runs $(VENV)

@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before any test module imports TensorFlow
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_SAMPLE = 450
+DEMO_EPOCHS = 5
+
+
+def run_local_runner(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "local_runner.py"), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One real local pipeline run (ExampleGen to Pusher, SQLite MLMD, Beam DirectRunner) shared by
+    every end-to-end assertion."""
+    output_dir = str(tmp_path_factory.mktemp("demo_run"))
+    result = run_local_runner("--output-dir", output_dir, "--sample", str(DEMO_SAMPLE), "--epochs", str(DEMO_EPOCHS))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return output_dir, result

@@ -1,0 +1,23 @@
+"""Small real models for tests: keras.applications backbones with random weights at 32 px."""
+
+import tensorflow as tf
+
+from components.freeze_trainer.backbones import build_backbone
+from components.freeze_trainer.classifier_model import build_classifier
+
+SHAPE = (32, 32, 3)
+
+
+def classifier(backbone: str = "MobileNetV2", num_classes: int = 3, bn_inference_mode: bool = True, **kwargs):
+    if backbone == "MobileNetV2":
+        kwargs.setdefault("alpha", 0.35)
+    return build_classifier(
+        build_backbone(backbone, "none", SHAPE, **kwargs), backbone, num_classes, bn_inference_mode=bn_inference_mode
+    )
+
+
+def random_images(count: int, num_classes: int = 3, seed: int = 0):
+    generator = tf.random.Generator.from_seed(seed)
+    images = generator.uniform((count,) + SHAPE)
+    labels = generator.uniform((count,), maxval=num_classes, dtype=tf.int32)
+    return images, labels

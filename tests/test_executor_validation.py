@@ -1,0 +1,53 @@
+"""The executor rejects bad parameters before it reads any artifact."""
+
+import pydantic
+import pytest
+from tfx.types import standard_artifacts
+
+from components.freeze_trainer.executor import Executor, trainer_config_from_exec_properties
+from components.freeze_trainer.freeze_policy import PolicyError
+
+
+def _exec_properties(policy: str, **overrides):
+    return {"freeze_policy": policy, "backbone": "MobileNetV2", "backbone_weights": "none",
+            "train_args": "{}", "eval_args": "{}", "custom_config": "null", **overrides}
+
+
+def _missing_inputs(tmp_path):
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "does-not-exist")
+    graph = standard_artifacts.TransformGraph()
+    graph.uri = str(tmp_path / "does-not-exist-either")
+    model = standard_artifacts.Model()
+    model.uri = str(tmp_path / "model")
+    run = standard_artifacts.ModelRun()
+    run.uri = str(tmp_path / "run")
+    return {"examples": [examples], "transform_graph": [graph]}, {"model": [model], "model_run": [run]}
+
+
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ('{"version": 1, "rules": [', "malformed JSON"),
+        ('{"version": 1, "rules": [{"freeze": {"base": true}}], "extra": 1}', "extra: unknown key"),
+    ],
+)
+def test_bad_policy_fails_in_the_executor_before_inputs_are_read(tmp_path, policy, message):
+    inputs, outputs = _missing_inputs(tmp_path)
+    with pytest.raises(PolicyError, match=message):
+        Executor().Do(inputs, outputs, _exec_properties(policy))
+    assert not (tmp_path / "model").exists()
+
+
+def test_unknown_backbone_names_the_key():
+    with pytest.raises(pydantic.ValidationError, match="backbone"):
+        trainer_config_from_exec_properties(
+            _exec_properties('{"version": 1, "rules": [{"freeze": {"base": true}}]}', backbone="AlexNet")
+        )
+
+
+def test_optional_parameters_fall_back_to_defaults():
+    config = trainer_config_from_exec_properties(
+        _exec_properties('{"version": 1, "rules": [{"freeze": {"base": true}}]}', epochs=None, learning_rate=None)
+    )
+    assert config.epochs == 5 and config.learning_rate == 1e-3
