@@ -2,6 +2,7 @@
 
     python local_runner.py                                  # the embedded demo (make run)
     python local_runner.py --freeze-policy policy.yaml --epochs 3 --output-dir /tmp/run
+    python local_runner.py --retrain --freeze-policy kubeflow/policies/retrain_top_block.json   # cron-able
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import click  # noqa: E402
-import pydantic  # noqa: E402
 
 from components.freeze_trainer.backbones import BackboneError  # noqa: E402
 from components.freeze_trainer.freeze_plan import plan_for_config  # noqa: E402
 from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, PolicyError  # noqa: E402
-from components.freeze_trainer.trainer_config import TrainerConfig  # noqa: E402
+from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig  # noqa: E402
 from pipelines.digits_data import write_digits_examples  # noqa: E402
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path  # noqa: E402
 
@@ -36,13 +36,10 @@ def read_policy_option(value: str) -> str:
 def validated_config(image_size: int, **values) -> TrainerConfig:
     """The trainer configuration, checked against the backbone's layers before any data is read."""
     try:
-        config = TrainerConfig.model_validate({k: v for k, v in values.items() if v is not None})
+        config = TrainerConfig.from_parameters(**values)
         plan_for_config(config, (image_size, image_size, 3))
-    except (PolicyError, BackboneError) as err:
+    except (PolicyError, ConfigError, BackboneError) as err:
         raise click.UsageError(str(err)) from None
-    except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        raise click.UsageError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     return config
 
 
@@ -63,8 +60,11 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
               help="The Evaluator blesses only models at or above this eval accuracy.")
+@click.option("--retrain", is_flag=True,
+              help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
+                   "beats the gate against it; a rejected candidate is not an error (exit 0).")
 def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone, backbone_weights, backbone_alpha,
-         image_size, data_root, sample, accuracy_floor):
+         image_size, data_root, sample, accuracy_floor, retrain):
     policy_text = read_policy_option(freeze_policy)
     config = validated_config(freeze_policy=policy_text, epochs=epochs, learning_rate=learning_rate,
                               batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
@@ -94,6 +94,7 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
         image_size=image_size,
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
+        retrain=retrain,
     )
     started = time.monotonic()
     LocalDagRunner().run(pipeline)
@@ -112,6 +113,9 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
             f" base {transfer['target_eval_accuracy_random_frozen_base']:.4f}"
         )
     if not summary.pushed_to:
+        if retrain:  # the gate did its job: serving keeps the previously pushed model
+            click.echo("  retraining: the candidate was not blessed and was not pushed")
+            return
         sys.exit("the model was not pushed")
 
 

@@ -1,11 +1,11 @@
 """The executor rejects bad parameters before it reads any artifact."""
 
-import pydantic
 import pytest
 from tfx.types import standard_artifacts
 
 from components.freeze_trainer.executor import Executor, trainer_config_from_exec_properties
 from components.freeze_trainer.freeze_policy import PolicyError
+from components.freeze_trainer.trainer_config import ConfigError
 
 
 def _exec_properties(policy: str, **overrides):
@@ -40,7 +40,7 @@ def test_bad_policy_fails_in_the_executor_before_inputs_are_read(tmp_path, polic
 
 
 def test_unknown_backbone_names_the_key():
-    with pytest.raises(pydantic.ValidationError, match="backbone"):
+    with pytest.raises(ConfigError, match="backbone: unknown backbone 'AlexNet'"):
         trainer_config_from_exec_properties(
             _exec_properties('{"version": 1, "rules": [{"freeze": {"base": true}}]}', backbone="AlexNet")
         )

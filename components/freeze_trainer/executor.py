@@ -25,9 +25,8 @@ CONFIG_PARAMETERS = (
 
 
 def trainer_config_from_exec_properties(exec_properties: dict[str, Any]) -> TrainerConfig:
-    """Raises PolicyError for a bad policy and pydantic's ValidationError for other bad parameters."""
-    values = {key: exec_properties[key] for key in CONFIG_PARAMETERS if exec_properties.get(key) is not None}
-    return TrainerConfig.model_validate(values)
+    """Raises PolicyError for a bad policy and ConfigError for other bad parameters."""
+    return TrainerConfig.from_parameters(**{key: exec_properties.get(key) for key in CONFIG_PARAMETERS})
 
 
 def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, report: dict) -> None:

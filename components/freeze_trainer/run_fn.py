@@ -20,6 +20,7 @@ from components.freeze_trainer.freeze_plan import PhasePlan, plan_policy
 from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
 from components.freeze_trainer.serving_export import export_serving_model
 from components.freeze_trainer.trainer_config import TrainerConfig
+from components.freeze_trainer.warm_start import warm_start_from_saved_model
 
 FREEZE_REPORT_ASSET = "freeze_report.json"
 FREEZE_POLICY_ASSET = "freeze_policy.json"
@@ -65,6 +66,8 @@ def run_fn(fn_args: FnArgs) -> None:
     # Model and plan first: a policy that does not fit the backbone fails before any data is read.
     model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
     plans = plan_policy(config.freeze_policy, model)
+    if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
+        warm_start_from_saved_model(model, fn_args.base_model)
 
     train_data = _dataset(fn_args, fn_args.train_files, tft_output, config.batch_size, config.seed, training=True)
     eval_data = _dataset(fn_args, fn_args.eval_files, tft_output, config.batch_size, config.seed, training=False)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 from components.freeze_trainer.backbones import BACKBONES
 from components.freeze_trainer.freeze_policy import FreezePolicy, parse_policy
 
 CUSTOM_CONFIG_KEY = "freeze_trainer"
+
+
+class ConfigError(ValueError):
+    """A bad trainer parameter other than the policy; `key` names the parameter."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        super().__init__(f"{key}: {reason}")
 
 
 class TrainerConfig(BaseModel):
@@ -34,6 +43,19 @@ class TrainerConfig(BaseModel):
     @classmethod
     def _parse_policy_text(cls, value):
         return parse_policy(value) if isinstance(value, str) else value
+
+    @classmethod
+    def from_parameters(cls, **values) -> TrainerConfig:
+        """Validates pipeline parameters; `None` means the default. The policy is parsed first so that
+        its errors surface as PolicyError with the policy's own key path."""
+        values = {key: value for key, value in values.items() if value is not None}
+        if isinstance(values.get("freeze_policy"), str):
+            values["freeze_policy"] = parse_policy(values["freeze_policy"])
+        try:
+            return cls.model_validate(values)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")) from None
 
     def to_custom_config(self) -> dict:
         return {CUSTOM_CONFIG_KEY: self.model_dump(mode="json", exclude_none=True)}
