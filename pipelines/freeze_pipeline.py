@@ -2,6 +2,10 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen -> Transform -> FreezeTrainer -> Resolver (latest blessed
 model) -> Evaluator (TFMA: accuracy floor and change threshold against the baseline) -> Pusher.
+
+With `retrain=True` the resolver also feeds the trainer's `base_model`: the candidate warm-starts from
+the latest blessed model and is then gated against that same model, so a worse candidate is not pushed.
+The resolver reads only earlier runs' artifacts, so the DAG stays acyclic (resolver -> trainer -> evaluator).
 """
 
 from __future__ import annotations
@@ -78,7 +82,12 @@ def create_pipeline(
     metadata_connection_config=None,
     beam_pipeline_args: list[str] | None = None,
     enable_cache: bool = False,
+    retrain: bool = False,
+    trainer_class: type[FreezeTrainer] = FreezeTrainer,
+    trainer_custom_config: dict | None = None,
 ) -> pipeline.Pipeline:
+    """`trainer_class` and `trainer_custom_config` let a runner swap in a FreezeTrainer subclass, e.g. the
+    Vertex custom-job trainer of `components.freeze_trainer.vertex_trainer`, with its job arguments."""
     example_gen = ImportExampleGen(input_base=data_root)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
@@ -91,7 +100,12 @@ def create_pipeline(
         # statistics would be a second and third pass over every image.
         disable_statistics=True,
     )
-    trainer = FreezeTrainer(
+    model_resolver = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
@@ -102,12 +116,9 @@ def create_pipeline(
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
+        base_model=model_resolver.outputs["model"] if retrain else None,
+        custom_config=trainer_custom_config,
     )
-    model_resolver = Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
