@@ -67,11 +67,9 @@ def train_classifier(backbone, policy: FreezePolicy, digits, epochs: int, learni
     model = build_classifier(backbone, BACKBONE_NAME, len(digits), bn_inference_mode=policy.bn_runs_in_inference_mode)
     _, metrics = train_with_fit(
         model,
-        plan_policy(policy, model),
+        plan_policy(policy, model, learning_rate, epochs),
         _batches(train, 32, augment),
         _batches(evaluation, 256),
-        default_epochs=epochs,
-        default_learning_rate=learning_rate,
         verbose=0,
     )
     return model, metrics["val_accuracy"]

@@ -31,8 +31,8 @@ def trained():
     initial = {v.ref(): v.numpy().copy() for v in model.variables}
     images, labels = random_images(64)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
-    plans = plan_policy(parse_policy(json.dumps(TWO_PHASES)), model)
-    checks, metrics = train_with_fit(model, plans, data, data, default_epochs=1, default_learning_rate=1e-2, verbose=0)
+    plans = plan_policy(parse_policy(json.dumps(TWO_PHASES)), model, 1e-2, 1)
+    checks, metrics = train_with_fit(model, plans, data, data, verbose=0)
     return model, initial, checks, metrics
 
 
@@ -81,7 +81,7 @@ def test_batchnorm_train_mode_lets_statistics_of_unfrozen_layers_move():
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     before = backbone_of(model).get_layer("Conv_1_bn").moving_mean.numpy().copy()
     frozen_bn_before = backbone_of(model).get_layer("bn_Conv1").moving_mean.numpy().copy()
-    checks, _ = train_with_fit(model, plan_policy(policy, model), data, data, 1, 1e-2, verbose=0)
+    checks, _ = train_with_fit(model, plan_policy(policy, model, 1e-2, 1), data, data, verbose=0)
     assert checks[0].passed
     assert not np.array_equal(backbone_of(model).get_layer("Conv_1_bn").moving_mean.numpy(), before)
     assert np.array_equal(backbone_of(model).get_layer("bn_Conv1").moving_mean.numpy(), frozen_bn_before)

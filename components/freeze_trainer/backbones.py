@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from types import ModuleType
@@ -18,16 +19,19 @@ class BackboneSpec:
     builder: Callable[..., tf.keras.Model]
     module: ModuleType  # holds the family's `preprocess_input`
     min_size: int
+    block_pattern: str  # the first capture group of a layer's name is its block
     takes_alpha: bool = False
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "MobileNetV2": BackboneSpec(_apps.MobileNetV2, _apps.mobilenet_v2, 32, takes_alpha=True),
-    "MobileNetV3Small": BackboneSpec(_apps.MobileNetV3Small, _apps.mobilenet_v3, 32, takes_alpha=True),
-    "EfficientNetB0": BackboneSpec(_apps.EfficientNetB0, _apps.efficientnet, 32),
-    "ResNet50": BackboneSpec(_apps.ResNet50, _apps.resnet50, 32),
-    "ResNet50V2": BackboneSpec(_apps.ResNet50V2, _apps.resnet_v2, 32),
-    "VGG16": BackboneSpec(_apps.VGG16, _apps.vgg16, 32),
+    "MobileNetV2": BackboneSpec(_apps.MobileNetV2, _apps.mobilenet_v2, 32, r"(block_\d+)_", takes_alpha=True),
+    "MobileNetV3Small": BackboneSpec(
+        _apps.MobileNetV3Small, _apps.mobilenet_v3, 32, r"(expanded_conv(?:_\d+)?)/", takes_alpha=True
+    ),
+    "EfficientNetB0": BackboneSpec(_apps.EfficientNetB0, _apps.efficientnet, 32, r"(block\d)[a-z]_"),
+    "ResNet50": BackboneSpec(_apps.ResNet50, _apps.resnet50, 32, r"(conv\d)_"),
+    "ResNet50V2": BackboneSpec(_apps.ResNet50V2, _apps.resnet_v2, 32, r"(conv\d)_"),
+    "VGG16": BackboneSpec(_apps.VGG16, _apps.vgg16, 32, r"(block\d)_"),
 }
 
 
@@ -40,6 +44,22 @@ def backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise BackboneError(f"backbone: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def block_groups(backbone_name: str | None, layer_names: list[str]) -> list[str]:
+    """Each layer's block, in order. Layers before the first block are `stem`, after the last `top`;
+    unmatched layers between blocks (a pooling layer, say) belong to the block before them. An
+    unknown backbone (a custom model) has no blocks: every layer is `stem`."""
+    pattern = re.compile(BACKBONES[backbone_name].block_pattern) if backbone_name in BACKBONES else None
+    blocks = [(m.group(1) if (m := pattern.match(name)) else None) if pattern else None for name in layer_names]
+    matched = [index for index, block in enumerate(blocks) if block]
+    if not matched:
+        return ["stem"] * len(layer_names)
+    groups, current = [], "stem"
+    for index, block in enumerate(blocks):
+        current = block or ("top" if index > matched[-1] else current)
+        groups.append(current)
+    return groups
 
 
 def is_saved_backbone(weights: str) -> bool:

@@ -43,6 +43,11 @@ def backbone_of(model: tf.keras.Model) -> tf.keras.Model:
     return nested[0]
 
 
+def backbone_name_of(model: tf.keras.Model) -> str | None:
+    """The keras.applications name the classifier was built for."""
+    return model.get_layer("backbone_preprocessing").backbone
+
+
 def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
     return [model.get_layer(name) for name in HEAD_LAYER_NAMES]
 

@@ -12,38 +12,52 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
-from components.freeze_trainer.backbones import is_saved_backbone
-from components.freeze_trainer.classifier_model import backbone_of, build_from_config, head_layers
+from components.freeze_trainer.backbones import block_groups, is_saved_backbone
+from components.freeze_trainer.classifier_model import backbone_name_of, backbone_of, build_from_config, head_layers
 from components.freeze_trainer.freeze_policy import FreezePolicy, Phase, PolicyError, Selector
 from components.freeze_trainer.trainer_config import TrainerConfig
 
 BATCHNORM_CLASSES = (tf.keras.layers.BatchNormalization,)
+HEAD_GROUP = "head"
 
 
 @dataclass(frozen=True)
 class LayerState:
     name: str
     class_name: str
-    in_head: bool
+    group: str  # the backbone block (`block_16`), `stem`, `top` or `head`
+    auto_group: str  # `auto_<i>` or `head`
     trainable: bool
     batchnorm: str | None  # the layer's BatchNorm mode, None for other layers
+    learning_rate: float | None  # None when frozen or without weights
     trainable_params: int
     frozen_params: int
+
+    @property
+    def in_head(self) -> bool:
+        return self.group == HEAD_GROUP
 
 
 @dataclass(frozen=True)
 class PhasePlan:
     phase: Phase
+    epochs: int | None
+    steps: int | None
+    learning_rate: float  # the head's
     layers: tuple[LayerState, ...]
 
-    def is_trainable(self, layer_name: str) -> bool:
-        return self._by_name[layer_name].trainable
+    def state(self, layer_name: str) -> LayerState:
+        return next(state for state in self.layers if state.name == layer_name)
 
-    @property
-    def _by_name(self) -> dict[str, LayerState]:
-        return {state.name: state for state in self.layers}
+    def is_trainable(self, layer_name: str) -> bool:
+        return self.state(layer_name).trainable
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Each trainable layer's rate as a multiple of the head's."""
+        return {s.name: s.learning_rate / self.learning_rate for s in self.layers if s.learning_rate is not None}
 
     @property
     def trainable_params(self) -> int:
@@ -54,39 +68,69 @@ class PhasePlan:
         return sum(state.frozen_params for state in self.layers)
 
 
+@dataclass(frozen=True)
+class _Addressable:
+    """The layers a policy can address, with their groups."""
+
+    backbone: list[tf.keras.layers.Layer]
+    head: list[tf.keras.layers.Layer]
+    groups: dict[str, str]
+    auto_groups: dict[str, str]
+
+    @property
+    def every(self) -> list[tf.keras.layers.Layer]:
+        return self.backbone + self.head
+
+    def group_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.groups.values(), *self.auto_groups.values()]))
+
+
 def policy_layers(model: tf.keras.Model) -> tuple[list[tf.keras.layers.Layer], list[tf.keras.layers.Layer]]:
     """The layers a policy can address: the backbone's (in order) and the head's."""
     backbone = [layer for layer in backbone_of(model).layers if not isinstance(layer, tf.keras.layers.InputLayer)]
     return backbone, head_layers(model)
 
 
-def _no_match(key: str, description: str, wanted: str, names: list[str]) -> PolicyError:
-    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
-    hint = f"; closest layer names: {', '.join(close)}" if close else ""
+def _addressable(model: tf.keras.Model, auto_groups: int) -> _Addressable:
+    backbone, head = policy_layers(model)
+    names = [layer.name for layer in backbone]
+    chunks = np.array_split(np.arange(len(names)), min(auto_groups, len(names)))
+    auto = {names[index]: f"auto_{number}" for number, chunk in enumerate(chunks) for index in chunk}
+    groups = dict(zip(names, block_groups(backbone_name_of(model), names)))
+    for layer in head:
+        groups[layer.name] = auto[layer.name] = HEAD_GROUP
+    return _Addressable(backbone, head, groups, auto)
+
+
+def _no_match(key: str, description: str, wanted: str, candidates: list[str], noun: str = "layer names") -> PolicyError:
+    close = difflib.get_close_matches(wanted, candidates, n=3, cutoff=0.5)
+    hint = f"; closest {noun}: {', '.join(close)}" if close else ""
     return PolicyError(key, f"{description} matches no layer{hint}")
 
 
-def select_layers(
-    selector: Selector, backbone: list[tf.keras.layers.Layer], head: list[tf.keras.layers.Layer], key: str
-) -> list[str]:
+def _slice(spec: str) -> slice:
+    start, stop = spec.split(":")
+    return slice(int(start) if start else None, int(stop) if stop else None)
+
+
+def select_layers(selector: Selector, layers: _Addressable, key: str) -> list[str]:
     """Names of the layers `selector` chooses; a selector that chooses nothing is a PolicyError."""
-    every = backbone + head
+    every, backbone = layers.every, layers.backbone
     names = [layer.name for layer in every]
     kind = selector.kind
     key = f"{key}.{kind}"
     if kind == "base":
-        return [layer.name for layer in backbone]
-    if kind == "names":
+        chosen = [layer.name for layer in backbone]
+    elif kind == "names":
         missing = [name for name in selector.names if name not in names]
         if missing:
             raise _no_match(key, f"layer name {missing[0]!r}", missing[0], names)
-        return list(selector.names)
-    if kind == "glob":
+        chosen = list(selector.names)
+    elif kind == "glob":
         chosen = [name for name in names if fnmatch.fnmatchcase(name, selector.glob)]
         if not chosen:
             raise _no_match(key, f"glob {selector.glob!r}", selector.glob, names)
-        return chosen
-    if kind == "regex":
+    elif kind == "regex":
         try:
             pattern = re.compile(selector.regex)
         except re.error as err:
@@ -94,81 +138,118 @@ def select_layers(
         chosen = [name for name in names if pattern.fullmatch(name)]
         if not chosen:
             raise _no_match(key, f"regex {selector.regex!r}", selector.regex, names)
-        return chosen
-    if kind == "top":
+    elif kind == "top":
         if selector.top > len(backbone):
             raise PolicyError(key, f"asks for the top {selector.top} layers; the backbone has {len(backbone)}")
-        return [layer.name for layer in backbone[-selector.top :]]
-    if kind == "bottom_fraction":
-        count = max(1, round(selector.bottom_fraction * len(backbone)))
-        return [layer.name for layer in backbone[:count]]
-    if kind == "layer_class":
+        chosen = [layer.name for layer in backbone[-selector.top :]]
+    elif kind in ("top_fraction", "bottom_fraction"):
+        count = max(1, round(getattr(selector, kind) * len(backbone)))
+        chosen = [layer.name for layer in (backbone[-count:] if kind == "top_fraction" else backbone[:count])]
+    elif kind == "indices":
+        chosen = [layer.name for layer in backbone[_slice(selector.indices)]]
+        if not chosen:
+            raise PolicyError(key, f"slice {selector.indices!r} is empty for a backbone of {len(backbone)} layers")
+    elif kind == "layer_class":
         chosen = [layer.name for layer in every if type(layer).__name__ == selector.layer_class]
         if not chosen:
             classes = sorted({type(layer).__name__ for layer in every})
-            raise _no_match(key, f"layer class {selector.layer_class!r}", selector.layer_class, classes)
-        return chosen
-    raise AssertionError(f"unhandled selector kind {kind}")
+            raise _no_match(key, f"layer class {selector.layer_class!r}", selector.layer_class, classes, "classes")
+    elif kind == "group":
+        chosen = [name for name in names if selector.group in (layers.groups[name], layers.auto_groups[name])]
+        if not chosen:
+            raise PolicyError(
+                key,
+                f"group {selector.group!r} does not exist for this backbone; its groups are "
+                f"{', '.join(layers.group_names())}",
+            )
+    else:
+        raise AssertionError(f"unhandled selector kind {kind}")
+    return chosen
 
 
-def _weight_count(weights: list[tf.Variable]) -> int:
+def _count(weights: list[tf.Variable]) -> int:
     return int(sum(weight.shape.num_elements() for weight in weights))
 
 
+def _decayed_rates(phase: Phase, head_lr: float, layers: _Addressable, trainable: dict[str, bool]) -> dict[str, float]:
+    decay = phase.lr_decay
+    if decay is None:
+        return {}
+    if decay.per == "group":
+        top_index = max(int(group.split("_")[1]) for group in layers.auto_groups.values() if group != HEAD_GROUP)
+        return {
+            layer.name: head_lr / decay.factor ** (top_index + 1 - int(layers.auto_groups[layer.name].split("_")[1]))
+            for layer in layers.backbone
+        }
+    weighted = [layer for layer in reversed(layers.backbone) if layer.weights and trainable[layer.name]]
+    return {layer.name: head_lr / decay.factor ** depth for depth, layer in enumerate(weighted, start=1)}
+
+
 def _plan_phase(
-    policy: FreezePolicy,
-    phase: Phase,
-    phase_key: str,
-    backbone: list[tf.keras.layers.Layer],
-    head: list[tf.keras.layers.Layer],
+    policy: FreezePolicy, phase: Phase, key: str, layers: _Addressable, default_lr: float, default_epochs: int
 ) -> PhasePlan:
-    trainable = {layer.name: True for layer in backbone + head}
+    head_lr = phase.learning_rate or default_lr
+    trainable = {layer.name: True for layer in layers.every}
     decided_by = {name: "" for name in trainable}
     for index, rule in enumerate(phase.rules):
-        rule_key = f"{phase_key}rules[{index}]"
+        rule_key = f"{key}rules[{index}]"
         action = "unfreeze" if rule.trainable else "freeze"
-        for name in select_layers(rule.selector, backbone, head, f"{rule_key}.{action}"):
+        for name in select_layers(rule.selector, layers, f"{rule_key}.{action}"):
             trainable[name] = rule.trainable
             decided_by[name] = rule_key
-    frozen_head = [layer.name for layer in head if not trainable[layer.name]]
+
+    rates = {name: head_lr for name in trainable}
+    rates.update(_decayed_rates(phase, head_lr, layers, trainable))
+    floor = phase.lr_decay.floor if phase.lr_decay else None
+    for layer in layers.backbone:
+        if floor is not None and rates[layer.name] < floor and trainable[layer.name]:
+            trainable[layer.name] = False
+            decided_by[layer.name] = f"{key}lr_decay.floor"
+    for index, rule in enumerate(phase.lr_rules):
+        for name in select_layers(rule.select, layers, f"{key}lr_rules[{index}].select"):
+            rates[name] = rule.lr if rule.lr is not None else head_lr * rule.multiplier
+
+    if not any(trainable.values()):
+        raise PolicyError(key.rstrip(".") or "rules", "freezes every variable: nothing would train")
+    frozen_head = [layer.name for layer in layers.head if not trainable[layer.name]]
     if frozen_head:
         raise PolicyError(
             decided_by[frozen_head[0]], f"freezes the new head ({', '.join(frozen_head)}); the head always trains"
         )
 
-    head_names = {layer.name for layer in head}
     states = []
-    for layer in backbone + head:
+    for layer in layers.every:
         is_bn = isinstance(layer, BATCHNORM_CLASSES)
         effective = trainable[layer.name] and not (is_bn and policy.batchnorm == "frozen")
         # Moving statistics are never trainable variables; they count as frozen parameters here.
-        moving = _weight_count([layer.moving_mean, layer.moving_variance]) if is_bn else 0
-        weights = _weight_count(layer.weights)
+        moving = _count([layer.moving_mean, layer.moving_variance]) if is_bn else 0
+        weights = _count(layer.weights)
         train_count = (weights - moving) if effective else 0
         states.append(
             LayerState(
                 name=layer.name,
                 class_name=type(layer).__name__,
-                in_head=layer.name in head_names,
+                group=layers.groups[layer.name],
+                auto_group=layers.auto_groups[layer.name],
                 trainable=effective,
                 batchnorm=(policy.batchnorm if trainable[layer.name] else "frozen") if is_bn else None,
+                learning_rate=rates[layer.name] if effective and train_count else None,
                 trainable_params=train_count,
                 frozen_params=weights - train_count,
             )
         )
-    plan = PhasePlan(phase=phase, layers=tuple(states))
-    if plan.trainable_params == 0:
-        raise PolicyError(phase_key.rstrip(".") or "rules", "freezes every variable: nothing would train")
-    return plan
+    epochs = None if phase.steps else (phase.epochs or default_epochs)
+    return PhasePlan(phase=phase, epochs=epochs, steps=phase.steps, learning_rate=head_lr, layers=tuple(states))
 
 
-def plan_policy(policy: FreezePolicy, model: tf.keras.Model) -> list[PhasePlan]:
+def plan_policy(
+    policy: FreezePolicy, model: tf.keras.Model, default_learning_rate: float = 1e-3, default_epochs: int = 5
+) -> list[PhasePlan]:
     """One plan per phase. Raises PolicyError for rules that match nothing or leave nothing to train."""
-    backbone, head = policy_layers(model)
-    phases = policy.resolved_phases()
+    layers = _addressable(model, policy.auto_groups)
     return [
-        _plan_phase(policy, phase, f"phases[{index}]." if policy.phases is not None else "", backbone, head)
-        for index, phase in enumerate(phases)
+        _plan_phase(policy, phase, policy.phase_key(index), layers, default_learning_rate, default_epochs)
+        for index, phase in enumerate(policy.resolved_phases())
     ]
 
 
@@ -180,9 +261,9 @@ def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:
         layer.trainable = plan.is_trainable(layer.name)
 
 
-def plan_for_config(config: TrainerConfig, input_shape: tuple[int, int, int]) -> list[PhasePlan]:
+def plan_for_config(config: TrainerConfig, input_shape: tuple[int, int, int], num_classes: int = 2) -> list[PhasePlan]:
     """Plans a trainer configuration without data or downloads: the backbone is built with random
     weights unless it is a saved `.keras` backbone, whose own architecture is the one that matters."""
     weights = config.backbone_weights if is_saved_backbone(config.backbone_weights) else "none"
-    model = build_from_config(config.model_copy(update={"backbone_weights": weights}), input_shape, num_classes=2)
-    return plan_policy(config.freeze_policy, model)
+    model = build_from_config(config.model_copy(update={"backbone_weights": weights}), input_shape, num_classes)
+    return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)

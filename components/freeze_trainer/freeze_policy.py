@@ -39,10 +39,20 @@ class Selector(_Strict):
     glob: str | None = Field(None, description="A shell-style pattern over layer names.")
     regex: str | None = Field(None, description="A regular expression matched against the whole layer name.")
     top: PositiveInt | None = Field(None, description="The last N layers of the backbone.")
+    top_fraction: float | None = Field(None, gt=0.0, le=1.0, description="The last fraction of the backbone's layers.")
     bottom_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="The first fraction of the backbone's layers, e.g. 0.8."
     )
+    indices: str | None = Field(
+        None, pattern=r"^-?\d*:-?\d*$", description="A Python slice over the backbone's layers, e.g. `-20:` or `10:-5`."
+    )
     layer_class: str | None = Field(None, description="Layers of this Keras class, e.g. BatchNormalization.")
+    group: str | None = Field(
+        None,
+        min_length=1,
+        description="A named group: the backbone's blocks (`block_16` for MobileNetV2, `conv4` for ResNet50, ...),"
+        " `stem`, `top`, `head`, or `auto_<i>` from the policy's `auto_groups` (0 is the bottom).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Selector:
@@ -78,13 +88,146 @@ class Rule(_Strict):
         return self.unfreeze if self.unfreeze is not None else self.freeze  # type: ignore[return-value]
 
 
+_FREEZE_BASE = Rule(freeze=Selector(base=True))
+
+
+class LearningRateRule(_Strict):
+    """Sets the learning rate of the layers `select` chooses: absolute (`lr`) or × the head's (`multiplier`)."""
+
+    select: Selector
+    lr: PositiveFloat | None = None
+    multiplier: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LearningRateRule:
+        if (self.lr is None) == (self.multiplier is None):
+            raise ValueError("a learning-rate rule sets exactly one of `lr` and `multiplier`")
+        return self
+
+
+class LearningRateDecay(_Strict):
+    """Lower learning rates deeper in the backbone: each step down from the head divides by `factor`.
+
+    `per: group` steps once per auto group (ULMFiT's discriminative rates, factor 2.6); `per: layer`
+    steps once per weighted layer (layer-wise decay). A layer whose rate falls below `floor` is frozen.
+    """
+
+    factor: float = Field(..., gt=1.0)
+    per: Literal["group", "layer"] = "group"
+    floor: PositiveFloat | None = None
+
+
 class Phase(_Strict):
     """A stretch of training with one freeze state. Each phase starts from an all-trainable model."""
 
     name: str = Field(..., min_length=1)
-    epochs: PositiveInt | None = Field(None, description="Defaults to the trainer's `epochs` parameter.")
-    learning_rate: PositiveFloat | None = Field(None, description="Defaults to the trainer's learning rate.")
+    epochs: PositiveInt | None = Field(None, description="Length in epochs; defaults to the trainer's `epochs`.")
+    steps: PositiveInt | None = Field(None, description="Length in steps, instead of epochs.")
+    learning_rate: PositiveFloat | None = Field(None, description="The head's rate; defaults to the trainer's.")
     rules: list[Rule] = Field(..., min_length=1)
+    lr_decay: LearningRateDecay | None = None
+    lr_rules: list[LearningRateRule] = Field(default_factory=list, description="Applied after `lr_decay`; last wins.")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Phase:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("a phase is measured in `epochs` or in `steps`, not both")
+        return self
+
+
+class HeadThenTop(_Strict):
+    """The Keras transfer-learning guide and TFX's cifar10 example: train the head on a frozen base,
+    then unfreeze the top of the base and fine-tune at a low learning rate."""
+
+    head_epochs: PositiveInt
+    finetune_epochs: PositiveInt
+    top_layers: PositiveInt | None = None
+    top_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    finetune_learning_rate: PositiveFloat
+
+    @model_validator(mode="after")
+    def _one_top(self) -> HeadThenTop:
+        if (self.top_layers is None) == (self.top_fraction is None):
+            raise ValueError("set exactly one of `top_layers` and `top_fraction`")
+        return self
+
+    def phases(self) -> list[Phase]:
+        top = Selector(top=self.top_layers) if self.top_layers else Selector(top_fraction=self.top_fraction)
+        return [
+            Phase(name="head", epochs=self.head_epochs, rules=[_FREEZE_BASE]),
+            Phase(
+                name="finetune",
+                epochs=self.finetune_epochs,
+                learning_rate=self.finetune_learning_rate,
+                rules=[_FREEZE_BASE, Rule(unfreeze=top)],
+            ),
+        ]
+
+
+class BackboneAtEpoch(_Strict):
+    """PyTorch Lightning's BackboneFinetuning: the head trains alone until `unfreeze_at_epoch`; then the
+    whole backbone trains at `initial_ratio` × the head's rate, × `growth` each epoch, until aligned."""
+
+    unfreeze_at_epoch: PositiveInt
+    epochs: PositiveInt
+    initial_ratio: float = Field(0.1, gt=0.0, le=1.0)
+    growth: float = Field(1.5, ge=1.0)
+
+    @model_validator(mode="after")
+    def _after_start(self) -> BackboneAtEpoch:
+        if self.epochs <= self.unfreeze_at_epoch:
+            raise ValueError("`epochs` must exceed `unfreeze_at_epoch`, or the backbone never trains")
+        return self
+
+    def phases(self) -> list[Phase]:
+        phases = [Phase(name="head", epochs=self.unfreeze_at_epoch, rules=[_FREEZE_BASE])]
+        epoch = self.unfreeze_at_epoch
+        while epoch < self.epochs:
+            ratio = min(1.0, self.initial_ratio * self.growth ** (epoch - self.unfreeze_at_epoch))
+            # Once aligned with the head the rate stops changing: the remaining epochs are one phase.
+            length = 1 if ratio < 1.0 else self.epochs - epoch
+            phases.append(
+                Phase(
+                    name=f"backbone_epoch_{epoch}" if ratio < 1.0 else "backbone_aligned",
+                    epochs=length,
+                    rules=[Rule(unfreeze=Selector(base=True))],
+                    lr_rules=[LearningRateRule(select=Selector(base=True), multiplier=ratio)],
+                )
+            )
+            epoch += length
+        return phases
+
+
+class Gradual(_Strict):
+    """ULMFiT's gradual unfreezing: one more auto group from the top each phase, each lower group
+    training at the rate of the one above divided by `factor`."""
+
+    epochs_per_group: PositiveInt = 1
+    factor: float = Field(2.6, gt=1.0)
+    final_epochs: int = Field(0, ge=0, description="Extra epochs with every group unfrozen.")
+
+    def phases(self, groups: int) -> list[Phase]:
+        decay = LearningRateDecay(factor=self.factor, per="group")
+        phases = [Phase(name="head", epochs=self.epochs_per_group, rules=[_FREEZE_BASE])]
+        for count in range(1, groups + 1):
+            opened = [Rule(unfreeze=Selector(group=f"auto_{groups - 1 - i}")) for i in range(count)]
+            epochs = self.epochs_per_group + (self.final_epochs if count == groups else 0)
+            phases.append(Phase(name=f"top_{count}_groups", epochs=epochs, rules=[_FREEZE_BASE, *opened], lr_decay=decay))
+        return phases
+
+
+class Recipe(_Strict):
+    """A shortcut for a common multi-phase recipe; it expands to explicit phases (see `plan`)."""
+
+    head_then_top: HeadThenTop | None = None
+    backbone_at_epoch: BackboneAtEpoch | None = None
+    gradual: Gradual | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Recipe:
+        if sum(value is not None for value in (self.head_then_top, self.backbone_at_epoch, self.gradual)) != 1:
+            raise ValueError("a recipe sets exactly one of head_then_top, backbone_at_epoch, gradual")
+        return self
 
 
 class FreezePolicy(_Strict):
@@ -99,13 +242,18 @@ class FreezePolicy(_Strict):
             " statistics; `train` updates everything. BatchNorm inside frozen layers never changes."
         ),
     )
+    auto_groups: int = Field(4, ge=1, le=64, description="How many contiguous `auto_<i>` groups split the backbone.")
     rules: list[Rule] | None = Field(None, min_length=1)
     phases: list[Phase] | None = Field(None, min_length=1)
+    recipe: Recipe | None = None
 
     @model_validator(mode="after")
-    def _rules_or_phases(self) -> FreezePolicy:
-        if (self.rules is None) == (self.phases is None):
-            raise ValueError("a policy sets exactly one of `rules` (a single phase) or `phases`")
+    def _one_phase_definition(self) -> FreezePolicy:
+        given = [key for key in ("rules", "phases", "recipe") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"overlapping phase definitions: set only one of `rules`, `phases`, `recipe`, not {given}")
+        if not given:
+            raise ValueError("a policy sets exactly one of `rules` (a single phase), `phases` or `recipe`")
         if self.phases is not None:
             seen: set[str] = set()
             for phase in self.phases:
@@ -115,9 +263,21 @@ class FreezePolicy(_Strict):
         return self
 
     def resolved_phases(self) -> list[Phase]:
+        """The explicit phases: `rules` is one phase named `train`, a recipe expands to its phases."""
         if self.phases is not None:
             return list(self.phases)
-        return [Phase(name="train", rules=self.rules)]  # type: ignore[arg-type]
+        if self.rules is not None:
+            return [Phase(name="train", rules=self.rules)]
+        recipe = self.recipe
+        if recipe.gradual is not None:
+            return recipe.gradual.phases(self.auto_groups)
+        return (recipe.head_then_top or recipe.backbone_at_epoch).phases()
+
+    def phase_key(self, index: int) -> str:
+        """Where phase `index`'s rules live in the policy document, for error messages."""
+        if self.phases is not None:
+            return f"phases[{index}]."
+        return "" if self.rules is not None else f"recipe(phase {index})."
 
     @property
     def bn_runs_in_inference_mode(self) -> bool:
@@ -130,7 +290,7 @@ class FreezePolicy(_Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
-FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[Rule(freeze=Selector(base=True))])
+FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[_FREEZE_BASE])
 
 
 def _error_key(loc: tuple) -> str:

@@ -49,8 +49,7 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
         "backbone_weights": config.backbone_weights,
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
-            {**check.as_dict(), "epochs": plan.phase.epochs or config.epochs,
-             "learning_rate": plan.phase.learning_rate or config.learning_rate}
+            {**check.as_dict(), "epochs": plan.epochs, "steps": plan.steps, "learning_rate": plan.learning_rate}
             for plan, check in zip(plans, checks)
         ],
         "final_metrics": metrics,
@@ -65,21 +64,19 @@ def run_fn(fn_args: FnArgs) -> None:
 
     # Model and plan first: a policy that does not fit the backbone fails before any data is read.
     model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
-    plans = plan_policy(config.freeze_policy, model)
+    plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
     if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
         warm_start_from_saved_model(model, fn_args.base_model)
 
     train_data = _dataset(fn_args, fn_args.train_files, tft_output, config.batch_size, config.seed, training=True)
     eval_data = _dataset(fn_args, fn_args.eval_files, tft_output, config.batch_size, config.seed, training=False)
-    total_epochs = sum(plan.phase.epochs or config.epochs for plan in plans)
-    steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps else None
+    total_epochs = sum(plan.epochs or 0 for plan in plans)
+    steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
     checks, metrics = train_with_fit(
         model,
         plans,
         train_data,
         eval_data,
-        default_epochs=config.epochs,
-        default_learning_rate=config.learning_rate,
         callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
         steps_per_epoch=steps_per_epoch,
     )
