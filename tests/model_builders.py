@@ -21,3 +21,17 @@ def random_images(count: int, num_classes: int = 3, seed: int = 0):
     images = generator.uniform((count,) + SHAPE)
     labels = generator.uniform((count,), maxval=num_classes, dtype=tf.int32)
     return images, labels
+
+
+def tiny_classifier(num_classes: int = 3):
+    """A three-layer Sequential backbone (conv_a, bn, conv_b) under the standard head."""
+    backbone = tf.keras.Sequential(
+        [
+            tf.keras.Input(SHAPE),
+            tf.keras.layers.Conv2D(4, 3, strides=4, name="conv_a"),
+            tf.keras.layers.BatchNormalization(name="bn"),
+            tf.keras.layers.Conv2D(2, 1, name="conv_b"),
+        ],
+        name="tiny_backbone",
+    )
+    return build_classifier(backbone, "MobileNetV2", num_classes, bn_inference_mode=True)

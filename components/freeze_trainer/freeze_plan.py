@@ -171,7 +171,15 @@ def _count(weights: list[tf.Variable]) -> int:
     return int(sum(weight.shape.num_elements() for weight in weights))
 
 
-def _decayed_rates(phase: Phase, head_lr: float, layers: _Addressable, trainable: dict[str, bool]) -> dict[str, float]:
+def _trains(layer: tf.keras.layers.Layer, trainable: dict[str, bool], policy: FreezePolicy) -> bool:
+    """Whether the layer's weights train: the rules allow it and it is not BatchNorm held `frozen`."""
+    is_frozen_bn = isinstance(layer, BATCHNORM_CLASSES) and policy.batchnorm == "frozen"
+    return trainable[layer.name] and not is_frozen_bn
+
+
+def _decayed_rates(
+    policy: FreezePolicy, phase: Phase, head_lr: float, layers: _Addressable, trainable: dict[str, bool]
+) -> dict[str, float]:
     decay = phase.lr_decay
     if decay is None:
         return {}
@@ -181,7 +189,7 @@ def _decayed_rates(phase: Phase, head_lr: float, layers: _Addressable, trainable
             layer.name: head_lr / decay.factor ** (top_index + 1 - int(layers.auto_groups[layer.name].split("_")[1]))
             for layer in layers.backbone
         }
-    weighted = [layer for layer in reversed(layers.backbone) if layer.weights and trainable[layer.name]]
+    weighted = [layer for layer in reversed(layers.backbone) if layer.weights and _trains(layer, trainable, policy)]
     return {layer.name: head_lr / decay.factor ** depth for depth, layer in enumerate(weighted, start=1)}
 
 
@@ -199,7 +207,7 @@ def _plan_phase(
             decided_by[name] = rule_key
 
     rates = {name: head_lr for name in trainable}
-    rates.update(_decayed_rates(phase, head_lr, layers, trainable))
+    rates.update(_decayed_rates(policy, phase, head_lr, layers, trainable))
     floor = phase.lr_decay.floor if phase.lr_decay else None
     for layer in layers.backbone:
         if floor is not None and rates[layer.name] < floor and trainable[layer.name]:
@@ -220,7 +228,7 @@ def _plan_phase(
     states = []
     for layer in layers.every:
         is_bn = isinstance(layer, BATCHNORM_CLASSES)
-        effective = trainable[layer.name] and not (is_bn and policy.batchnorm == "frozen")
+        effective = _trains(layer, trainable, policy)
         # Moving statistics are never trainable variables; they count as frozen parameters here.
         moving = _count([layer.moving_mean, layer.moving_variance]) if is_bn else 0
         weights = _count(layer.weights)

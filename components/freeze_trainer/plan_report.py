@@ -1,0 +1,43 @@
+"""Renders phase plans as text: every layer's group, state, BatchNorm mode, learning rate and counts."""
+
+from __future__ import annotations
+
+from components.freeze_trainer.freeze_plan import LayerState, PhasePlan
+
+_ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
+
+
+def _row(index, state: LayerState) -> str:
+    return _ROW.format(
+        index=index,
+        name=state.name,
+        cls=state.class_name,
+        group=state.group,
+        auto=state.auto_group,
+        state="trainable" if state.trainable else "frozen",
+        bn=state.batchnorm or "-",
+        lr=f"{state.learning_rate:.3g}" if state.learning_rate is not None else "-",
+        train=f"{state.trainable_params:,}",
+        frozen=f"{state.frozen_params:,}",
+    )
+
+
+def phase_summary(number: int, total: int, plan: PhasePlan) -> str:
+    length = f"{plan.steps} steps" if plan.steps else f"{plan.epochs} epochs"
+    trainable_layers = sum(state.trainable for state in plan.layers)
+    return (
+        f"phase {number}/{total} {plan.phase.name!r}: {length}, head lr {plan.learning_rate:.3g}; "
+        f"{trainable_layers} of {len(plan.layers)} layers trainable; "
+        f"trainable params {plan.trainable_params:,}, frozen params {plan.frozen_params:,}"
+    )
+
+
+def format_plan(plans: list[PhasePlan]) -> list[str]:
+    header = _ROW.format(index="#", name="layer", cls="class", group="group", auto="auto", state="state", bn="bn",
+                         lr="lr", train="trainable", frozen="frozen")
+    lines = []
+    for number, plan in enumerate(plans, start=1):
+        lines.append(phase_summary(number, len(plans), plan))
+        lines.append(header)
+        lines.extend(_row(index, state) for index, state in enumerate(plan.layers))
+    return lines
