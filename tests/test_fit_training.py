@@ -85,3 +85,13 @@ def test_batchnorm_train_mode_lets_statistics_of_unfrozen_layers_move():
     assert checks[0].passed
     assert not np.array_equal(backbone_of(model).get_layer("Conv_1_bn").moving_mean.numpy(), before)
     assert np.array_equal(backbone_of(model).get_layer("bn_Conv1").moving_mean.numpy(), frozen_bn_before)
+
+
+def test_a_phase_in_which_nothing_trained_fails_the_proof():
+    model = classifier("MobileNetV2")
+    step = plan_policy(parse_policy('{"version": 1, "rules": [{"freeze": {"base": true}}]}'), model)[0]
+    apply_plan(model, step)
+    check = check_phase(model, step, snapshot(model))
+    assert not check.passed and check.changed_frozen == ()
+    with pytest.raises(FreezeViolation, match="none of its 2 trainable variables changed"):
+        raise_on_violation(check)

@@ -114,3 +114,63 @@ def test_batchnorm_runs_in_inference_mode_inside_a_frozen_base(mobilenet):
     before = bn.moving_mean.numpy().copy()
     mobilenet(images, training=True)
     assert (bn.moving_mean.numpy() == before).all()
+
+
+def test_index_range_with_negative_indices(mobilenet):
+    step = plan(mobilenet, [{"freeze": {"base": True}}, {"unfreeze": {"indices": "-4:-1"}}])
+    backbone = policy_layers(mobilenet)[0]
+    opened = {state.name for state in step.layers if state.trainable and not state.in_head}
+    assert opened == {layer.name for layer in backbone[-4:-1] if not isinstance(layer, tf.keras.layers.BatchNormalization)}
+
+
+@pytest.mark.parametrize(
+    "name, group, member, outsider",
+    [
+        ("MobileNetV2", "block_16", "block_16_project", "block_15_project"),
+        ("ResNet50", "conv5", "conv5_block3_3_conv", "conv4_block6_3_conv"),
+        ("EfficientNetB0", "block7", "block7a_project_conv", "block6d_project_conv"),
+        ("VGG16", "block5", "block5_conv3", "block4_conv3"),
+    ],
+)
+def test_block_groups_of_keras_applications_backbones(name, group, member, outsider):
+    model = classifier(name)
+    step = plan(model, [{"freeze": {"base": True}}, {"unfreeze": {"group": group}}])
+    assert step.is_trainable(member) and not step.is_trainable(outsider)
+    assert step.state(member).group == group
+
+
+def test_top_fraction_and_auto_groups_split_the_backbone(mobilenet):
+    policy = parse_policy(json.dumps({"version": 1, "auto_groups": 3,
+                                      "rules": [{"freeze": {"base": True}}, {"unfreeze": {"group": "auto_2"}}]}))
+    step = plan_policy(policy, mobilenet)[0]
+    backbone = [state for state in step.layers if not state.in_head]
+    assert [state.auto_group for state in backbone] == sorted(state.auto_group for state in backbone)
+    top_third = [state.name for state in backbone if state.auto_group == "auto_2"]
+    assert abs(len(top_third) - len(backbone) / 3) < 1
+    by_fraction = plan(mobilenet, [{"freeze": {"base": True}}, {"unfreeze": {"top_fraction": 1 / 3}}])
+    assert {s.name for s in by_fraction.layers if s.trainable} == {s.name for s in step.layers if s.trainable}
+
+
+def test_unknown_group_lists_the_backbones_groups(mobilenet):
+    with pytest.raises(PolicyError) as raised:
+        plan(mobilenet, [{"freeze": {"group": "conv5"}}])
+    assert raised.value.key == "rules[0].freeze.group"
+    assert "block_16" in str(raised.value) and "auto_3" in str(raised.value)
+
+
+def test_freezing_everything_is_rejected(mobilenet):
+    with pytest.raises(PolicyError, match="freezes every variable: nothing would train"):
+        plan(mobilenet, [{"freeze": {"regex": ".*"}}])
+
+
+def test_layerwise_decay_floor_freezes_the_deepest_layers(mobilenet):
+    policy = parse_policy(json.dumps({"version": 1, "phases": [{
+        "name": "decay", "learning_rate": 1e-3, "rules": [{"unfreeze": {"base": True}}],
+        "lr_decay": {"factor": 2.0, "per": "layer", "floor": 1e-5},
+    }]}))
+    step = plan_policy(policy, mobilenet)[0]
+    trained = [state for state in step.layers if state.learning_rate is not None and not state.in_head]
+    assert [state.learning_rate for state in trained] == sorted(state.learning_rate for state in trained)
+    assert min(state.learning_rate for state in trained) >= 1e-5
+    assert not step.is_trainable("Conv1")  # far below the floor
+    assert step.is_trainable("Conv_1")

@@ -67,7 +67,8 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
     frozen = [v for v in model.variables if v.ref() not in allowed]
     return FreezeCheck(
         phase=plan.phase.name,
-        passed=not changed_frozen,
+        # A phase in which nothing moved did not train: as much a failure as a frozen variable moving.
+        passed=not changed_frozen and len(unchanged_trainable) < len(allowed),
         frozen_variables=len(frozen),
         trainable_variables=len(trainable),
         frozen_params=sum(v.shape.num_elements() for v in frozen),
@@ -78,10 +79,12 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
 
 
 def raise_on_violation(check: FreezeCheck) -> None:
-    if not check.passed:
-        shown = ", ".join(check.changed_frozen[:5])
-        more = f" and {len(check.changed_frozen) - 5} more" if len(check.changed_frozen) > 5 else ""
-        raise FreezeViolation(
-            f"phase {check.phase!r}: {len(check.changed_frozen)} frozen variable(s) changed during training: "
-            f"{shown}{more}"
-        )
+    if check.passed:
+        return
+    if not check.changed_frozen:
+        raise FreezeViolation(f"phase {check.phase!r}: none of its {check.trainable_variables} trainable variables changed")
+    shown = ", ".join(check.changed_frozen[:5])
+    more = f" and {len(check.changed_frozen) - 5} more" if len(check.changed_frozen) > 5 else ""
+    raise FreezeViolation(
+        f"phase {check.phase!r}: {len(check.changed_frozen)} frozen variable(s) changed during training: {shown}{more}"
+    )

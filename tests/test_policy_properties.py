@@ -1,0 +1,138 @@
+"""Property tests: random policies never crash the validator with anything but PolicyError, and every
+policy it accepts plans and applies cleanly."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from components.freeze_trainer.freeze_plan import apply_plan, plan_policy, policy_layers
+from components.freeze_trainer.freeze_policy import PolicyError, parse_policy
+from tests.model_builders import tiny_classifier
+
+LAYER_NAMES = ["conv_a", "bn", "conv_b", "head_pool", "head_dropout", "head_classifier", "conv_c", "block_1"]
+ANY_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.floats(allow_nan=True), st.text(max_size=6))
+
+selectors = st.one_of(
+    st.fixed_dictionaries({"base": st.sampled_from([True, False, 1])}),
+    st.fixed_dictionaries({"names": st.lists(st.sampled_from(LAYER_NAMES), max_size=3)}),
+    st.fixed_dictionaries({"glob": st.sampled_from(["conv_*", "*", "head_*", "x*", "[", "bn"])}),
+    st.fixed_dictionaries({"regex": st.sampled_from(["conv_.", ".*", "(", "head_.*", "b.", "zz"])}),
+    st.fixed_dictionaries({"top": st.integers(-2, 6)}),
+    st.fixed_dictionaries({"top_fraction": st.floats(-0.5, 1.5)}),
+    st.fixed_dictionaries({"bottom_fraction": st.floats(-0.5, 1.5)}),
+    st.fixed_dictionaries({"indices": st.sampled_from(["0:1", "-1:", ":", "2:1", "a:b", "5:9", "-2:-1"])}),
+    st.fixed_dictionaries({"layer_class": st.sampled_from(["Conv2D", "Dense", "BatchNormalization", "LSTM"])}),
+    st.fixed_dictionaries({"group": st.sampled_from(["stem", "head", "auto_0", "auto_1", "auto_7", "block_3"])}),
+    st.dictionaries(st.sampled_from(["base", "top", "glob", "colour"]), ANY_SCALAR, max_size=2),
+)
+rules = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"freeze": selectors}),
+        st.fixed_dictionaries({"unfreeze": selectors}),
+        st.dictionaries(st.sampled_from(["freeze", "unfreeze", "thaw"]), selectors, max_size=2),
+    ),
+    max_size=4,
+)
+lr_rules = st.lists(
+    st.fixed_dictionaries({"select": selectors}, optional={"lr": ANY_SCALAR, "multiplier": ANY_SCALAR}), max_size=2
+)
+decay = st.fixed_dictionaries(
+    {"factor": st.floats(0.5, 4.0)}, optional={"per": st.sampled_from(["group", "layer", "block"]),
+                                               "floor": st.floats(-1e-3, 1e-2)}
+)
+phases = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["a", "b", "c", ""]), "rules": rules},
+        optional={"epochs": st.integers(-1, 3), "steps": st.integers(-1, 3), "learning_rate": ANY_SCALAR,
+                  "lr_rules": lr_rules, "lr_decay": decay},
+    ),
+    max_size=3,
+)
+recipes = st.one_of(
+    st.fixed_dictionaries({"gradual": st.fixed_dictionaries({}, optional={"factor": st.floats(0.5, 4.0),
+                                                                          "epochs_per_group": st.integers(0, 2)})}),
+    st.fixed_dictionaries({"head_then_top": st.fixed_dictionaries(
+        {"head_epochs": st.integers(0, 2), "finetune_epochs": st.integers(0, 2),
+         "finetune_learning_rate": st.floats(-1e-3, 1e-2)},
+        optional={"top_layers": st.integers(0, 5), "top_fraction": st.floats(0, 1.2)})}),
+    st.fixed_dictionaries({"backbone_at_epoch": st.fixed_dictionaries(
+        {"unfreeze_at_epoch": st.integers(0, 3), "epochs": st.integers(0, 5)},
+        optional={"initial_ratio": st.floats(0, 1.5), "growth": st.floats(0.5, 3)})}),
+)
+policies = st.fixed_dictionaries(
+    {"version": st.sampled_from([1, 1, 1, 2, "1"])},
+    optional={"batchnorm": st.sampled_from(["frozen", "affine", "train", "off"]), "auto_groups": st.integers(0, 5),
+              "rules": rules, "phases": phases, "recipe": recipes, "extra": ANY_SCALAR},
+)
+
+
+# Well-formed documents, so that many reach planning and application rather than the schema.
+good_selectors = st.one_of(
+    st.just({"base": True}),
+    st.fixed_dictionaries({"names": st.lists(st.sampled_from(LAYER_NAMES[:6]), min_size=1, max_size=2)}),
+    st.fixed_dictionaries({"glob": st.sampled_from(["conv_*", "b*", "head_c*"])}),
+    st.fixed_dictionaries({"top": st.integers(1, 3)}),
+    st.fixed_dictionaries({"top_fraction": st.floats(0.1, 1.0)}),
+    st.fixed_dictionaries({"bottom_fraction": st.floats(0.1, 1.0)}),
+    st.fixed_dictionaries({"indices": st.sampled_from(["0:1", "-1:", ":", "1:"])}),
+    st.fixed_dictionaries({"layer_class": st.sampled_from(["Conv2D", "BatchNormalization"])}),
+    st.fixed_dictionaries({"group": st.sampled_from(["stem", "auto_0", "auto_1"])}),
+)
+good_rules = st.lists(
+    st.one_of(st.fixed_dictionaries({"freeze": good_selectors}), st.fixed_dictionaries({"unfreeze": good_selectors})),
+    min_size=1, max_size=4,
+)
+good_phases = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.uuids().map(str), "rules": good_rules},
+        optional={"epochs": st.integers(1, 3), "learning_rate": st.floats(1e-5, 1e-1),
+                  "lr_decay": st.fixed_dictionaries({"factor": st.floats(1.1, 4.0)},
+                                                    optional={"per": st.sampled_from(["group", "layer"]),
+                                                              "floor": st.floats(1e-6, 1e-3)}),
+                  "lr_rules": st.lists(st.fixed_dictionaries({"select": good_selectors, "multiplier": st.floats(0.1, 2)}),
+                                       max_size=2)},
+    ),
+    min_size=1, max_size=3,
+)
+good_policies = st.fixed_dictionaries(
+    {"version": st.just(1)},
+    optional={"batchnorm": st.sampled_from(["frozen", "affine", "train"]), "auto_groups": st.integers(1, 5)},
+).flatmap(lambda head: st.one_of(
+    st.fixed_dictionaries({"rules": good_rules}), st.fixed_dictionaries({"phases": good_phases}),
+    st.fixed_dictionaries({"recipe": recipes}),
+).map(lambda body: {**head, **body}))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_classifier()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policy=st.one_of(policies, good_policies))
+def test_validator_raises_only_policy_errors_and_accepted_policies_apply(model, policy):
+    try:
+        parsed = parse_policy(json.dumps(policy))
+        plans = plan_policy(parsed, model)
+    except PolicyError as err:
+        assert str(err).startswith("freeze policy: ")
+        return
+    backbone, head = policy_layers(model)
+    for plan in plans:
+        apply_plan(model, plan)
+        assert all(layer.trainable for layer in head)
+        assert plan.trainable_params == sum(v.shape.num_elements() for v in model.trainable_variables) > 0
+        assert {layer.name for layer in backbone + head if layer.trainable} >= {
+            state.name for state in plan.layers if state.trainable
+        }
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=80))
+def test_arbitrary_text_is_a_policy_error_or_a_policy(text):
+    try:
+        parse_policy(text)
+    except PolicyError:
+        pass
