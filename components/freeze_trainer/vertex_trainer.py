@@ -36,3 +36,9 @@ class VertexFreezeTrainer(FreezeTrainer):
     """
 
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(VertexExecutor)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The node keeps FreezeTrainer's id, so task names, resources and run summaries do not depend on
+        # where training runs.
+        self.with_id(FreezeTrainer.__name__)

@@ -1,0 +1,250 @@
+"""The pipeline compiled for Vertex AI (PipelineJob .json) and Kubeflow Pipelines 2 (PipelineSpec .yaml),
+read back with the KFP and Vertex client libraries, offline."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from google.auth.credentials import AnonymousCredentials
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.freeze_trainer.freeze_policy import parse_policy
+from kubeflow import compile_pipeline as compile_cli
+from kubeflow import schedule
+from kubeflow.pipeline_definition import PARAMETER_NAMES, CompileOptions, compile_pipeline, parameter_defaults
+from tests.conftest import REPO_ROOT
+from tests.kfp_task_launch import load_pipeline_spec
+
+IMAGE = "us-docker.pkg.dev/example/pipelines/freeze-trainer:test"
+TOP_BLOCK_POLICY_FILE = f"{REPO_ROOT}/kubeflow/policies/retrain_top_block.json"
+OPTIONS = CompileOptions(
+    image=IMAGE,
+    pipeline_root="gs://example-bucket/root",
+    serving_dir="gs://example-bucket/serving",
+    data_root="gs://example-bucket/data",
+    epochs=7,
+    learning_rate=0.003,
+    backbone_weights="gs://example-bucket/backbones/mobilenetv2.keras",
+    retrain=True,
+    trainer_resources={"cpu": 8, "memory_gb": 30, "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1},
+)
+RESOLVER_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled")
+    job = compile_pipeline(OPTIONS, str(out / "pipeline.json"))
+    compile_pipeline(OPTIONS, str(out / "pipeline.yaml"))
+    return {"json": str(out / "pipeline.json"), "yaml": str(out / "pipeline.yaml"), "job": job}
+
+
+@pytest.fixture(scope="module")
+def vertex_compiled(tmp_path_factory):
+    options = OPTIONS.model_copy(update={
+        "retrain": False,
+        "trainer_resources": CompileOptions.model_fields["trainer_resources"].default,
+        "vertex_training": {"project": "example-project", "region": "europe-west4", "machine_type": "n1-standard-8",
+                            "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 2},
+    })
+    options = CompileOptions.model_validate(options.model_dump())
+    path = str(tmp_path_factory.mktemp("vertex") / "pipeline.yaml")
+    compile_pipeline(options, path)
+    return path
+
+
+def test_both_formats_parse_strictly_into_the_kfp_pipeline_spec(compiled):
+    from kfp.client import client as kfp_client
+
+    from_yaml = load_pipeline_spec(compiled["yaml"])
+    from_json = load_pipeline_spec(compiled["json"])
+    assert from_yaml == from_json
+    assert from_yaml.schema_version == "2.1.0"
+    assert set(from_yaml.root.dag.tasks) >= {"ImportExampleGen", "Transform", "FreezeTrainer", "Evaluator", "Pusher"}
+    # The KFP client's own loader, which `create_recurring_run(pipeline_package_path=...)` uses.
+    assert kfp_client._extract_pipeline_yaml(compiled["yaml"]).pipeline_spec == from_yaml
+    with open(compiled["json"]) as f:
+        assert set(json.load(f)) >= {"pipelineSpec", "runtimeConfig", "displayName"}
+
+
+def test_every_pipeline_parameter_is_declared_with_its_default(compiled):
+    spec = load_pipeline_spec(compiled["yaml"])
+    declared = spec.root.input_definitions.parameters
+    assert set(declared) == set(PARAMETER_NAMES)
+    assert "training_loop" not in declared
+    defaults = parameter_defaults(OPTIONS)
+    kinds = {"freeze_policy": "STRING", "epochs": "NUMBER_INTEGER", "learning_rate": "NUMBER_DOUBLE",
+             "batch_size": "NUMBER_INTEGER", "backbone_weights": "STRING", "data_root": "STRING"}
+    for name in PARAMETER_NAMES:
+        parameter = declared[name]
+        assert pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(parameter.parameter_type) == kinds[name]
+        default = parameter.default_value
+        assert (default.string_value if kinds[name] == "STRING" else default.number_value) == defaults[name]
+    assert parse_policy(defaults["freeze_policy"]).rules[0].freeze.base is True
+    # The Vertex PipelineJob also carries them as the runtime config's values.
+    assert compiled["job"]["runtimeConfig"]["parameterValues"] == pytest.approx(defaults)
+    assert compiled["job"]["runtimeConfig"]["gcsOutputDirectory"] == OPTIONS.pipeline_root
+
+
+def test_trainer_and_example_gen_read_the_pipeline_parameters(compiled):
+    spec = load_pipeline_spec(compiled["yaml"])
+    trainer = spec.root.dag.tasks["FreezeTrainer"].inputs.parameters
+    for name in ("freeze_policy", "epochs", "learning_rate", "batch_size", "backbone_weights"):
+        assert trainer[name].component_input_parameter == name
+    assert trainer["backbone"].runtime_value.constant.string_value == "MobileNetV2"
+    example_gen = spec.root.dag.tasks["ImportExampleGen"].inputs.parameters
+    assert example_gen["input_base"].component_input_parameter == "data_root"
+    executor = _container(spec, "FreezeTrainer_executor")
+    assert executor["image"] == IMAGE
+    assert executor["args"][:2] == ["--executor_class_path", "components.freeze_trainer.executor.Executor"]
+
+
+def _container(spec, executor: str) -> dict:
+    return json_format.MessageToDict(spec.deployment_spec)["executors"][executor]["container"]
+
+
+def _topological_order(tasks) -> list[str]:
+    remaining = {name: set(task.dependent_tasks) for name, task in tasks.items()}
+    order = []
+    while remaining:
+        ready = sorted(name for name, deps in remaining.items() if not deps - set(order))
+        assert ready, f"cycle among {sorted(remaining)}"
+        order += ready
+        for name in ready:
+            del remaining[name]
+    return order
+
+
+def test_retraining_warm_starts_from_and_gates_against_the_latest_blessed_model(compiled, vertex_compiled):
+    spec = load_pipeline_spec(compiled["yaml"])
+    tasks = spec.root.dag.tasks
+    base_model = tasks["FreezeTrainer"].inputs.artifacts["base_model"].task_output_artifact
+    baseline = tasks["Evaluator"].inputs.artifacts["baseline_model"].task_output_artifact
+    assert (base_model.producer_task, base_model.output_artifact_key) == (RESOLVER_MODEL_TASK, "model")
+    assert (baseline.producer_task, baseline.output_artifact_key) == (RESOLVER_MODEL_TASK, "model")
+    pusher = tasks["Pusher"].inputs.artifacts
+    assert pusher["model_blessing"].task_output_artifact.producer_task == "Evaluator"
+    order = _topological_order(tasks)
+    assert order.index(RESOLVER_MODEL_TASK) < order.index("FreezeTrainer") < order.index("Evaluator")
+    # Without retraining the trainer starts from the backbone alone.
+    assert "base_model" not in load_pipeline_spec(vertex_compiled).root.dag.tasks["FreezeTrainer"].inputs.artifacts
+
+
+def test_trainer_node_resources(compiled):
+    spec = load_pipeline_spec(compiled["yaml"])
+    resources = _container(spec, "FreezeTrainer_executor")["resources"]
+    assert resources["cpuLimit"] == 8 and resources["memoryLimit"] == 30
+    assert resources["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "1"}
+    assert "resources" not in _container(spec, "Transform_executor")
+
+
+def test_vertex_pipeline_job_from_the_compiled_file_carries_overrides_offline(compiled):
+    policy_text = open(TOP_BLOCK_POLICY_FILE).read()
+    values = schedule.parameter_values(compiled["json"], {"freeze_policy": policy_text, "epochs": "3"})
+    job = schedule.vertex_pipeline_job(
+        compiled["json"], "retraining", "example-project", "europe-west4", values,
+        pipeline_root="gs://other-bucket/root", credentials=AnonymousCredentials(),
+    )
+    runtime = job._gca_resource.runtime_config  # the PipelineJob resource create()/create_schedule() send
+    assert runtime.parameter_values["freeze_policy"] == parse_policy(policy_text).canonical_json()
+    assert runtime.parameter_values["epochs"] == 3
+    assert runtime.parameter_values["learning_rate"] == pytest.approx(OPTIONS.learning_rate)  # the default stays
+    assert runtime.gcs_output_directory == "gs://other-bucket/root"
+    tasks = job._gca_resource.pipeline_spec["root"]["dag"]["tasks"]
+    assert all(task["cachingOptions"]["enableCache"] is False for task in tasks.values() if "cachingOptions" in task)
+    assert tasks["FreezeTrainer"]["cachingOptions"]["enableCache"] is False
+
+
+def test_schedule_arguments_are_checked_against_the_compiled_spec(compiled):
+    import click
+
+    with pytest.raises(click.BadParameter, match="not a parameter"):
+        schedule.parameter_values(compiled["yaml"], {"training_loop": "fit"})
+    with pytest.raises(click.BadParameter, match="not a int"):
+        schedule.parameter_values(compiled["yaml"], {"epochs": "three"})
+    with pytest.raises(click.BadParameter, match=r"rules\[0\]"):
+        schedule.parameter_values(compiled["yaml"], {"freeze_policy": '{"version": 1, "rules": [{"frezee": {}}]}'})
+    arguments = schedule.kfp_recurring_run_arguments(
+        compiled["yaml"], "nightly", "experiment-id", "0 3 * * *", {"epochs": 3}
+    )
+    assert arguments["cron_expression"] == "0 0 3 * * *"  # KFP's six fields, seconds first
+    assert arguments["enable_caching"] is False and arguments["params"] == {"epochs": 3}
+    assert schedule.kfp_cron("0 0 3 * * 1-5") == "0 0 3 * * 1-5"
+    assert schedule.vertex_cron("TZ=Europe/Berlin 0 3 * * *") == "TZ=Europe/Berlin 0 3 * * *"
+    with pytest.raises(click.BadParameter):
+        schedule.vertex_cron("0 0 3 * * *")
+
+
+def test_vertex_custom_job_runs_this_projects_executor(vertex_compiled):
+    from google.cloud.aiplatform import gapic
+    from tfx.extensions.google_cloud_ai_platform import training_clients
+
+    from components.freeze_trainer.executor import Executor
+    from components.freeze_trainer.vertex_trainer import VertexExecutor
+    from tfx.types import standard_artifacts
+
+    spec = load_pipeline_spec(vertex_compiled)
+    container = _container(spec, "FreezeTrainer_executor")
+    assert container["args"][1] == "components.freeze_trainer.vertex_trainer.VertexExecutor"
+    custom_config = json.loads(
+        spec.root.dag.tasks["FreezeTrainer"].inputs.parameters["custom_config"].runtime_value.constant.string_value
+    )
+    assert custom_config["ai_platform_enable_vertex"] is True
+    assert custom_config["ai_platform_vertex_region"] == "europe-west4"
+    training_args = custom_config["ai_platform_training_args"]
+    assert training_args["project"] == "example-project"
+    [pool] = training_args["job_spec"]["worker_pool_specs"]
+    assert pool["container_spec"]["image_uri"] == IMAGE
+    assert pool["machine_spec"] == {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4",
+                                    "accelerator_count": 2}
+    assert VertexExecutor(VertexExecutor.Context())._GetExecutorClass() is Executor
+
+    # The CustomJob TFX's Vertex client builds from these arguments (no request is sent).
+    class OfflineVertexJobClient(training_clients.VertexJobClient):
+        def create_client(self):
+            self._client = gapic.JobServiceClient(credentials=AnonymousCredentials())
+
+    def artifact(artifact_class, uri):
+        instance = artifact_class()
+        instance.uri = uri
+        return instance
+
+    inputs = {"examples": [artifact(standard_artifacts.Examples, "gs://b/root/Transform/transformed_examples/5")],
+              "transform_graph": [artifact(standard_artifacts.TransformGraph, "gs://b/root/Transform/transform_graph/5")]}
+    outputs = {"model": [artifact(standard_artifacts.Model, "gs://b/root/FreezeTrainer/model/6")]}
+    exec_properties = {"freeze_policy": '{"version": 1, "rules": [{"freeze": {"base": true}}]}',
+                       "custom_config": json.dumps(custom_config)}
+    job = OfflineVertexJobClient("europe-west4").create_training_job(
+        inputs, outputs, exec_properties, "components.freeze_trainer.executor.Executor",
+        json.loads(json.dumps(training_args)), None, None,
+    )
+    command = job["job_spec"]["worker_pool_specs"][0]["container_spec"]["command"]
+    assert command[:3] == ["python", "-m", "tfx.scripts.run_executor"]
+    assert command[command.index("--executor_class_path") + 1] == "components.freeze_trainer.executor.Executor"
+    assert json.loads(command[command.index("--exec-properties") + 1])["freeze_policy"] == exec_properties["freeze_policy"]
+
+
+def test_multi_worker_vertex_training_is_refused_until_run_fn_distributes():
+    with pytest.raises(ValueError, match="multi-worker"):
+        CompileOptions.model_validate({**OPTIONS.model_dump(), "vertex_training": {
+            "project": "p", "region": "r", "worker_replicas": 2}})
+
+
+def test_compile_command_writes_both_formats(tmp_path):
+    common = ["--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+              "--data-root", "gs://b/data", "--freeze-policy", TOP_BLOCK_POLICY_FILE, "--retrain"]
+    for name in ("pipeline.yaml", "pipeline.json"):
+        result = CliRunner().invoke(compile_cli.main, ["--output", str(tmp_path / name), *common])
+        assert result.exit_code == 0, result.output
+    with open(tmp_path / "pipeline.yaml") as f:
+        text = f.read()
+    assert text.startswith("# PIPELINE DEFINITION")
+    default = yaml.safe_load(text)["root"]["inputDefinitions"]["parameters"]["freeze_policy"]["defaultValue"]
+    assert parse_policy(default) == parse_policy(open(TOP_BLOCK_POLICY_FILE).read())
+
+    bad = CliRunner().invoke(compile_cli.main, ["--output", str(tmp_path / "bad.yaml"), *common[:-3],
+                                                "--freeze-policy", '{"version": 1, "rules": []}'])
+    assert bad.exit_code == 2 and "rules" in bad.output
+    assert not (tmp_path / "bad.yaml").exists()
