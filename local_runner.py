@@ -56,6 +56,9 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
               help="imagenet, none, a weights file or a .keras backbone (local path or URI).")
 @click.option("--backbone-alpha", type=float, default=None, help="Width multiplier of MobileNet backbones.")
 @click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
+@click.option("--training-loop", type=click.Choice(["fit", "gradient_tape"]), default="fit", show_default=True)
+@click.option("--distribution", type=click.Choice(["auto", "one_device", "mirrored", "multi_worker"]), default="auto",
+              show_default=True, help="The tf.distribute strategy; auto picks from TF_CONFIG and the local GPUs.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
@@ -64,11 +67,12 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
               help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
 def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone, backbone_weights, backbone_alpha,
-         image_size, data_root, sample, accuracy_floor, retrain):
+         image_size, training_loop, distribution, data_root, sample, accuracy_floor, retrain):
     policy_text = read_policy_option(freeze_policy)
     config = validated_config(freeze_policy=policy_text, epochs=epochs, learning_rate=learning_rate,
                               batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
-                              backbone_alpha=backbone_alpha, image_size=image_size)
+                              backbone_alpha=backbone_alpha, image_size=image_size, training_loop=training_loop,
+                              distribution=distribution)
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -91,6 +95,8 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
         epochs=config.epochs,
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
+        training_loop=config.training_loop,
+        distribution=config.distribution,
         image_size=image_size,
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),

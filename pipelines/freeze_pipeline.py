@@ -76,6 +76,8 @@ def create_pipeline(
     epochs: Any = None,
     learning_rate: Any = None,
     batch_size: Any = None,
+    training_loop: Any = None,
+    distribution: Any = None,
     image_size: int = 224,
     accuracy_floor: float = 0.5,
     max_accuracy_drop: float = 0.02,
@@ -116,6 +118,8 @@ def create_pipeline(
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
+        training_loop=training_loop,
+        distribution=distribution,
         base_model=model_resolver.outputs["model"] if retrain else None,
         custom_config=trainer_custom_config,
     )

@@ -9,6 +9,7 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY
 from components.freeze_trainer.run_fn import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET
 from components.freeze_trainer.serving_export import read_extra_asset
 from pipelines.digits_data import TARGET_DIGITS, load_digit_pngs, to_example
@@ -70,8 +71,9 @@ def test_mlmd_records_policy_counts_and_a_passed_freeze_check(demo_run):
 def test_exported_model_says_how_it_was_trained(demo_run):
     output_dir, _ = demo_run
     pushed = _pushed_model_dir(output_dir)
-    assert read_extra_asset(pushed, FREEZE_POLICY_ASSET) == {"version": 1, "batchnorm": "frozen",
-                                                             "rules": [{"freeze": {"base": True}}]}
+    policy = read_extra_asset(pushed, FREEZE_POLICY_ASSET)
+    assert policy == FROZEN_BASE_POLICY.model_dump(mode="json", exclude_none=True)
+    assert policy["rules"] == [{"freeze": {"base": True}}] and policy["batchnorm"] == "frozen"
     report = read_extra_asset(pushed, FREEZE_REPORT_ASSET)
     assert report["freeze_check_passed"] is True
     assert report["phases"][0]["changed_frozen"] == []

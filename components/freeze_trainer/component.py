@@ -28,6 +28,10 @@ TRAINING_PARAMETERS = {
     "epochs": ExecutionParameter(type=int, optional=True),
     "learning_rate": ExecutionParameter(type=float, optional=True),
     "batch_size": ExecutionParameter(type=int, optional=True),
+    "training_loop": ExecutionParameter(type=str, optional=True),
+    "distribution": ExecutionParameter(type=str, optional=True),
+    "mixed_precision": ExecutionParameter(type=str, optional=True),
+    "jit_compile": ExecutionParameter(type=int, optional=True),
 }
 
 
@@ -56,6 +60,10 @@ class FreezeTrainer(base_component.BaseComponent):
         epochs: Any = None,
         learning_rate: Any = None,
         batch_size: Any = None,
+        training_loop: Any = None,
+        distribution: Any = None,
+        mixed_precision: Any = None,
+        jit_compile: Any = None,
         schema: types.BaseChannel | None = None,
         base_model: types.BaseChannel | None = None,
         hyperparameters: types.BaseChannel | None = None,
@@ -85,6 +93,10 @@ class FreezeTrainer(base_component.BaseComponent):
             epochs=epochs,
             learning_rate=learning_rate,
             batch_size=batch_size,
+            training_loop=training_loop,
+            distribution=distribution,
+            mixed_precision=mixed_precision,
+            jit_compile=jit_compile,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),
         )

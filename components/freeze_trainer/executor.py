@@ -20,7 +20,8 @@ from components.freeze_trainer.trainer_config import TrainerConfig
 
 DEFAULT_RUN_FN = "components.freeze_trainer.run_fn.run_fn"
 CONFIG_PARAMETERS = (
-    "freeze_policy", "backbone", "backbone_weights", "backbone_alpha", "epochs", "learning_rate", "batch_size"
+    "freeze_policy", "backbone", "backbone_weights", "backbone_alpha", "epochs", "learning_rate", "batch_size",
+    "training_loop", "distribution", "mixed_precision", "jit_compile",
 )
 
 

@@ -7,6 +7,8 @@ pieces; only the `freeze_report.json` asset is needed for the executor to record
 from __future__ import annotations
 
 import math
+import tempfile
+from functools import partial
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -15,7 +17,10 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
 from components.freeze_trainer.classifier_model import build_from_config
+from components.freeze_trainer.distribution import choose_strategy, is_chief
 from components.freeze_trainer.fit_training import train_with_fit
+from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape
+from components.freeze_trainer.phase_runner import build_phase_optimizer
 from components.freeze_trainer.freeze_plan import PhasePlan, plan_policy
 from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
 from components.freeze_trainer.serving_export import export_serving_model
@@ -47,6 +52,7 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
         "policy_sha256": config.freeze_policy.sha256(),
         "backbone": config.backbone,
         "backbone_weights": config.backbone_weights,
+        "training_loop": config.training_loop,
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
             {**check.as_dict(), "epochs": plan.epochs, "steps": plan.steps, "learning_rate": plan.learning_rate}
@@ -62,30 +68,41 @@ def run_fn(fn_args: FnArgs) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     num_classes = tft_output.vocabulary_size_by_name(LABEL_VOCABULARY)
 
-    # Model and plan first: a policy that does not fit the backbone fails before any data is read.
-    model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
-    plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
-    if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
-        warm_start_from_saved_model(model, fn_args.base_model)
+    if config.mixed_precision != "none":
+        tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+    strategy = choose_strategy(config.distribution)
+    with strategy.scope():
+        # Model and plan first: a policy that does not fit the backbone fails before any data is read.
+        model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
+        plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
+        if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
+            warm_start_from_saved_model(model, fn_args.base_model)
+        optimizer = build_phase_optimizer(model, plans)
 
     train_data = _dataset(fn_args, fn_args.train_files, tft_output, config.batch_size, config.seed, training=True)
     eval_data = _dataset(fn_args, fn_args.eval_files, tft_output, config.batch_size, config.seed, training=False)
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
-    checks, metrics = train_with_fit(
-        model,
-        plans,
-        train_data,
-        eval_data,
-        callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
-        steps_per_epoch=steps_per_epoch,
-    )
+    loop = {"fit": train_with_fit, "gradient_tape": partial(train_with_gradient_tape, strategy=strategy)}
+    with strategy.scope():
+        checks, metrics = loop[config.training_loop](
+            model,
+            plans,
+            train_data,
+            eval_data,
+            callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
+            steps_per_epoch=steps_per_epoch,
+            optimizer=optimizer,
+            jit_compile=config.jit_compile,
+        )
     report = freeze_report(config, plans, checks, metrics)
     logging.info("Freeze check passed for every phase: %s", report["phases"])
+    # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
+    export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
     export_serving_model(
         model,
         tft_output,
-        fn_args.serving_model_dir,
+        export_dir,
         extra_assets={
             FREEZE_POLICY_ASSET: config.freeze_policy.model_dump(mode="json", exclude_none=True),
             FREEZE_REPORT_ASSET: report,

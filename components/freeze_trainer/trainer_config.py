@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pydantic
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 from components.freeze_trainer.backbones import BACKBONES
@@ -31,6 +33,10 @@ class TrainerConfig(BaseModel):
     batch_size: PositiveInt = 32
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = 0
+    training_loop: Literal["fit", "gradient_tape"] = "fit"
+    distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
+    jit_compile: bool = Field(False, description="XLA-compile the training step.")
 
     @field_validator("backbone")
     @classmethod

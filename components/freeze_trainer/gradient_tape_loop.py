@@ -1,0 +1,141 @@
+"""Trains a classifier phase by phase with a compiled `tf.GradientTape` step.
+
+It honours the same plans as `fit`: the tape watches and the optimizer updates exactly the variables
+the plan leaves trainable (held by reference, never found with `var in list`), and frozen BatchNorm
+stays in inference mode because the model was built that way. Keras callbacks (progress bar,
+TensorBoard, EarlyStopping, ModelCheckpoint, BackupAndRestore aside) run as they do under `fit`.
+Under a distribution strategy the per-example loss is averaged over the global batch.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components.freeze_trainer.freeze_plan import PhasePlan
+from components.freeze_trainer.freeze_proof import FreezeCheck
+from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
+from components.freeze_trainer.phase_runner import phase_length, run_phases
+
+
+class _Steps:
+    """The compiled train and eval steps of one phase."""
+
+    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool):
+        self.model = model
+        self.strategy = strategy
+        self.variables = list(model.trainable_variables)  # this phase's, fixed at trace time
+        self.loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE)
+        self.scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        self.optimizer = optimizer
+        with strategy.scope():
+            self.loss = tf.keras.metrics.Mean(name="loss")
+            self.accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # XLA compiles the forward and backward pass; the update and its all-reduce stay outside.
+        self._gradients = tf.function(self._compute_gradients, jit_compile=True) if jit_compile else self._compute_gradients
+        self.train = tf.function(self._distributed(self._train_step))
+        self.evaluate = tf.function(self._distributed(self._eval_step))
+
+    def _distributed(self, step):
+        def run(batch):
+            self.strategy.run(step, args=batch)
+
+        return run
+
+    def _compute_gradients(self, features, labels):
+        with tf.GradientTape() as tape:
+            probabilities = self.model(features, training=True)
+            per_example = self.loss_fn(labels, probabilities)
+            loss = tf.nn.compute_average_loss(per_example)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            scaled_loss = self.optimizer.get_scaled_loss(loss) if self.scaled else loss
+        return tape.gradient(scaled_loss, self.variables), per_example, probabilities
+
+    def _train_step(self, features, labels):
+        gradients, per_example, probabilities = self._gradients(features, labels)
+        if self.scaled:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
+        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        self.loss.update_state(tf.reduce_mean(per_example))
+        self.accuracy.update_state(labels, probabilities)
+
+    def _eval_step(self, features, labels):
+        probabilities = self.model(features, training=False)
+        self.loss.update_state(tf.reduce_mean(self.loss_fn(labels, probabilities)))
+        self.accuracy.update_state(labels, probabilities)
+
+    def reset(self):
+        self.loss.reset_state()
+        self.accuracy.reset_state()
+
+    def results(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}loss": float(self.loss.result()), f"{prefix}accuracy": float(self.accuracy.result())}
+
+
+def train_with_gradient_tape(
+    model: tf.keras.Model,
+    plans: list[PhasePlan],
+    train_data: tf.data.Dataset,
+    eval_data: tf.data.Dataset,
+    callbacks: list[tf.keras.callbacks.Callback] = (),
+    steps_per_epoch: int | None = None,
+    verbose: int = 2,
+    optimizer: LayerRateAdam | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = False,
+) -> tuple[list[FreezeCheck], dict[str, float]]:
+    """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
+    strategy = strategy or tf.distribute.get_strategy()
+    distributed_eval = strategy.experimental_distribute_dataset(eval_data)
+
+    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, start_epoch: int):
+        step_optimizer = phase_optimizer
+        if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
+            with strategy.scope():
+                step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
+        steps = _Steps(model, step_optimizer, strategy, jit_compile)
+        end_epoch, per_epoch = phase_length(plan, start_epoch, steps_per_epoch)
+        data = train_data.repeat() if per_epoch else train_data
+        distributed_train = strategy.experimental_distribute_dataset(data)
+        # Keras' ProgbarLogger learns an unknown epoch length from `fit`'s private step counter, so
+        # the loop drives a Progbar itself.
+        callback_list = tf.keras.callbacks.CallbackList(
+            list(callbacks), add_history=True, add_progbar=False, model=model,
+            verbose=verbose, epochs=end_epoch, steps=per_epoch,
+        )
+        model.stop_training = False
+        callback_list.on_train_begin()
+        logs: dict[str, float] = {}
+        known_steps = per_epoch  # learnt from the first epoch when the data's length is unknown
+        for epoch in range(start_epoch, end_epoch):
+            callback_list.on_epoch_begin(epoch)
+            if verbose:
+                print(f"Epoch {epoch + 1}/{end_epoch}")
+            progress = tf.keras.utils.Progbar(known_steps, verbose=verbose, stateful_metrics=["loss", "accuracy"])
+            steps.reset()
+            iterator = iter(distributed_train)
+            step = 0
+            while per_epoch is None or step < per_epoch:
+                batch = next(iterator, None)
+                if batch is None:
+                    break
+                callback_list.on_train_batch_begin(step)
+                steps.train(batch)
+                callback_list.on_train_batch_end(step, steps.results())
+                step += 1
+                if verbose == 1:
+                    progress.update(step, list(steps.results().items()))
+            logs = steps.results()
+            steps.reset()
+            for batch in distributed_eval:
+                steps.evaluate(batch)
+            logs.update(steps.results("val_"))
+            known_steps = progress.target = known_steps or step
+            progress.update(step, list(logs.items()), finalize=True)
+            callback_list.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        return end_epoch, logs
+
+    return run_phases(model, plans, train_phase, optimizer)
