@@ -7,7 +7,7 @@
     python -m kubeflow.compile_pipeline --output pipeline.yaml --image IMAGE ... (same flags)
 
 The output's extension picks the format. Pipeline parameters (changeable per run without recompiling):
-freeze_policy, epochs, learning_rate, batch_size, backbone_weights, data_root; the `--freeze-policy`,
+freeze_policy, training_loop, epochs, learning_rate, batch_size, backbone_weights, data_root; the `--freeze-policy`,
 `--epochs`, ... flags set their defaults. Everything else is fixed at compile time.
 """
 
@@ -38,6 +38,8 @@ def _policy_text(value: str) -> str:
 @click.option("--pipeline-name", default="freeze-trainer", show_default=True)
 @click.option("--freeze-policy", default=FROZEN_BASE_POLICY.canonical_json(), show_default=True,
               help="Default of the freeze_policy parameter: a JSON/YAML file or inline JSON.")
+@click.option("--training-loop", type=click.Choice(["fit", "gradient_tape"]), default="fit", show_default=True)
+@click.option("--distribution", default=None, help="tf.distribute strategy (compile time); default: the trainer's auto.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-2, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -62,7 +64,8 @@ def _policy_text(value: str) -> str:
 @click.option("--vertex-accelerator", default=None, help="e.g. NVIDIA_TESLA_T4")
 @click.option("--vertex-accelerator-count", type=int, default=0)
 @click.option("--vertex-worker-replicas", type=int, default=0, help="Workers besides the chief.")
-def main(output, image, pipeline_root, serving_dir, data_root, pipeline_name, freeze_policy, epochs, learning_rate,
+def main(output, image, pipeline_root, serving_dir, data_root, pipeline_name, freeze_policy, training_loop,
+         distribution, epochs, learning_rate,
          batch_size, backbone_weights, backbone, backbone_alpha, image_size, accuracy_floor, max_accuracy_drop,
          retrain, enable_cache, beam_args, trainer_cpu, trainer_memory_gb, trainer_accelerator,
          trainer_accelerator_count, vertex_training_project, vertex_region, vertex_machine_type, vertex_accelerator,
@@ -70,7 +73,8 @@ def main(output, image, pipeline_root, serving_dir, data_root, pipeline_name, fr
     try:
         options = CompileOptions(
             image=image, pipeline_root=pipeline_root, serving_dir=serving_dir, data_root=data_root,
-            pipeline_name=pipeline_name, freeze_policy=_policy_text(freeze_policy), epochs=epochs,
+            pipeline_name=pipeline_name, freeze_policy=_policy_text(freeze_policy), training_loop=training_loop,
+            distribution=distribution, epochs=epochs,
             learning_rate=learning_rate, batch_size=batch_size, backbone_weights=backbone_weights, backbone=backbone,
             backbone_alpha=backbone_alpha, image_size=image_size, accuracy_floor=accuracy_floor,
             max_accuracy_drop=max_accuracy_drop, retrain=retrain, enable_cache=enable_cache,

@@ -1,8 +1,8 @@
 """The freeze-policy pipeline as Kubeflow Pipelines v2 and Vertex AI run it.
 
 It is `pipelines.freeze_pipeline.create_pipeline`, the factory the local runner uses, called with TFX
-`RuntimeParameter`s in place of the values a run may change: the policy, the training knobs, the
-backbone weights and the data root. Each becomes a pipeline parameter of the compiled spec with its
+`RuntimeParameter`s in place of the values a run may change: the policy, the training loop and knobs,
+the backbone weights and the data root. Each becomes a pipeline parameter of the compiled spec with its
 default, so a Vertex or KFP run changes the policy without recompiling.
 
 `freeze_policy` is the whole policy as one JSON string because TFX substitutes RuntimeParameters only in
@@ -20,7 +20,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
 
-from typing import Any  # noqa: E402
+from typing import Any, Literal  # noqa: E402
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator  # noqa: E402
 
@@ -28,9 +28,10 @@ from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, parse_po
 from components.freeze_trainer.trainer_config import TrainerConfig  # noqa: E402
 
 TRAINER_NODE_ID = "FreezeTrainer"
-# The pipeline parameters of every compiled spec. `training_loop` is not among them: FreezeTrainer has
-# only the `fit` loop so far, and a parameter that changes nothing would mislead whoever sets it.
-PARAMETER_NAMES = ("freeze_policy", "epochs", "learning_rate", "batch_size", "backbone_weights", "data_root")
+# The pipeline parameters of every compiled spec, with their types.
+PARAMETER_TYPES = {"freeze_policy": str, "training_loop": str, "epochs": int, "learning_rate": float,
+                   "batch_size": int, "backbone_weights": str, "data_root": str}
+PARAMETER_NAMES = tuple(PARAMETER_TYPES)
 
 
 class _Options(BaseModel):
@@ -121,6 +122,7 @@ class CompileOptions(_Options):
     # Defaults of the pipeline parameters.
     data_root: str = Field(..., min_length=1)
     freeze_policy: str = FROZEN_BASE_POLICY.canonical_json()
+    training_loop: Literal["fit", "gradient_tape"] = "fit"
     epochs: PositiveInt = 10
     learning_rate: PositiveFloat = 1e-2
     batch_size: PositiveInt = 32
@@ -128,6 +130,7 @@ class CompileOptions(_Options):
     # Fixed at compile time.
     backbone: str = "MobileNetV2"
     backbone_alpha: PositiveFloat | None = None
+    distribution: str | None = Field(None, description="tf.distribute choice; None: the trainer's default (auto)")
     image_size: PositiveInt = 224
     accuracy_floor: float = Field(0.5, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(0.02, ge=0.0)
@@ -149,7 +152,7 @@ class CompileOptions(_Options):
         TrainerConfig.from_parameters(
             freeze_policy=self.freeze_policy, backbone=self.backbone, backbone_weights=self.backbone_weights,
             backbone_alpha=self.backbone_alpha, epochs=self.epochs, learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, training_loop=self.training_loop, distribution=self.distribution,
         )
         return self
 
@@ -157,11 +160,9 @@ class CompileOptions(_Options):
 def runtime_parameters(options: CompileOptions) -> dict:
     from tfx.orchestration import data_types
 
-    types = {"freeze_policy": str, "epochs": int, "learning_rate": float, "batch_size": int,
-             "backbone_weights": str, "data_root": str}
     return {
-        name: data_types.RuntimeParameter(name=name, ptype=types[name], default=getattr(options, name))
-        for name in PARAMETER_NAMES
+        name: data_types.RuntimeParameter(name=name, ptype=ptype, default=getattr(options, name))
+        for name, ptype in PARAMETER_TYPES.items()
     }
 
 
@@ -184,6 +185,7 @@ def build_pipeline(options: CompileOptions):
         serving_dir=options.serving_dir,
         backbone=options.backbone,
         backbone_alpha=options.backbone_alpha,
+        distribution=options.distribution,
         image_size=options.image_size,
         accuracy_floor=options.accuracy_floor,
         max_accuracy_drop=options.max_accuracy_drop,

@@ -23,7 +23,9 @@ import click
 import yaml
 
 from components.freeze_trainer.freeze_policy import PolicyError, parse_policy
+from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig
 
+_TRAINER_PARAMETERS = ("freeze_policy", "training_loop", "epochs", "learning_rate", "batch_size", "backbone_weights")
 _PARAMETER_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
 
 
@@ -55,6 +57,12 @@ def parameter_values(path: str, overrides: dict[str, str]) -> dict[str, object]:
             values["freeze_policy"] = parse_policy(values["freeze_policy"]).canonical_json()
         except PolicyError as err:
             raise click.BadParameter(str(err)) from None
+    # The trainer's own validation, on the values the run will see (overrides over compiled defaults).
+    effective = {name: parameter.get("defaultValue") for name, parameter in declared.items()} | values
+    try:
+        TrainerConfig.from_parameters(**{key: effective.get(key) for key in _TRAINER_PARAMETERS})
+    except (PolicyError, ConfigError) as err:
+        raise click.BadParameter(str(err)) from None
     return values
 
 

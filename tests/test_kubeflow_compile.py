@@ -73,9 +73,8 @@ def test_every_pipeline_parameter_is_declared_with_its_default(compiled):
     spec = load_pipeline_spec(compiled["yaml"])
     declared = spec.root.input_definitions.parameters
     assert set(declared) == set(PARAMETER_NAMES)
-    assert "training_loop" not in declared
     defaults = parameter_defaults(OPTIONS)
-    kinds = {"freeze_policy": "STRING", "epochs": "NUMBER_INTEGER", "learning_rate": "NUMBER_DOUBLE",
+    kinds = {"freeze_policy": "STRING", "training_loop": "STRING", "epochs": "NUMBER_INTEGER", "learning_rate": "NUMBER_DOUBLE",
              "batch_size": "NUMBER_INTEGER", "backbone_weights": "STRING", "data_root": "STRING"}
     for name in PARAMETER_NAMES:
         parameter = declared[name]
@@ -91,7 +90,7 @@ def test_every_pipeline_parameter_is_declared_with_its_default(compiled):
 def test_trainer_and_example_gen_read_the_pipeline_parameters(compiled):
     spec = load_pipeline_spec(compiled["yaml"])
     trainer = spec.root.dag.tasks["FreezeTrainer"].inputs.parameters
-    for name in ("freeze_policy", "epochs", "learning_rate", "batch_size", "backbone_weights"):
+    for name in ("freeze_policy", "training_loop", "epochs", "learning_rate", "batch_size", "backbone_weights"):
         assert trainer[name].component_input_parameter == name
     assert trainer["backbone"].runtime_value.constant.string_value == "MobileNetV2"
     example_gen = spec.root.dag.tasks["ImportExampleGen"].inputs.parameters
@@ -161,11 +160,13 @@ def test_schedule_arguments_are_checked_against_the_compiled_spec(compiled):
     import click
 
     with pytest.raises(click.BadParameter, match="not a parameter"):
-        schedule.parameter_values(compiled["yaml"], {"training_loop": "fit"})
+        schedule.parameter_values(compiled["yaml"], {"steps": "100"})
     with pytest.raises(click.BadParameter, match="not a int"):
         schedule.parameter_values(compiled["yaml"], {"epochs": "three"})
     with pytest.raises(click.BadParameter, match=r"rules\[0\]"):
         schedule.parameter_values(compiled["yaml"], {"freeze_policy": '{"version": 1, "rules": [{"frezee": {}}]}'})
+    with pytest.raises(click.BadParameter, match="training_loop"):
+        schedule.parameter_values(compiled["yaml"], {"training_loop": "keras_3"})
     arguments = schedule.kfp_recurring_run_arguments(
         compiled["yaml"], "nightly", "experiment-id", "0 3 * * *", {"epochs": 3}
     )

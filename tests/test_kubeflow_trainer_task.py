@@ -45,7 +45,8 @@ def trainer_task(demo_run, tmp_path_factory):
                              serving_dir=str(scratch / "serving"), data_root=str(scratch / "data"))
     compile_pipeline(options, str(scratch / "pipeline.yaml"))
     spec = load_pipeline_spec(str(scratch / "pipeline.yaml"))
-    overrides = {"freeze_policy": json.dumps(POLICY), "epochs": 2, "backbone_weights": DEFAULT_BACKBONE_PATH}
+    overrides = {"freeze_policy": json.dumps(POLICY), "training_loop": "gradient_tape", "epochs": 2,
+                 "backbone_weights": DEFAULT_BACKBONE_PATH}
     launch = build_task_launch(spec, "FreezeTrainer", mlmd_store(os.path.join(output_dir, "metadata.sqlite")),
                                str(scratch / "outputs"), overrides)
     workdir = scratch / "workdir"  # not the repository: `components` must come from the install
@@ -68,7 +69,7 @@ def test_the_spec_command_is_tfx_kfp_v2_entrypoint_running_this_executor(trainer
     assert where.startswith(site_packages)
 
 
-def test_the_model_carries_the_overridden_policy(trainer_task):
+def test_the_model_carries_the_overridden_policy_and_training_loop(trainer_task):
     launch, *_ = trainer_task
     output = read_executor_output(launch)
     model = output.artifacts["model"].artifacts[0]
@@ -80,7 +81,10 @@ def test_the_model_carries_the_overridden_policy(trainer_task):
     assert metadata["trainable_variables"] == 6  # 3 convolutions in block 16, Conv_1, the head's kernel and bias
     serving = os.path.join(model.uri, "Format-Serving")
     assert parse_policy(json.dumps(read_extra_asset(serving, FREEZE_POLICY_ASSET))) == expected
-    assert read_extra_asset(serving, FREEZE_REPORT_ASSET)["freeze_check_passed"] is True
+    report = read_extra_asset(serving, FREEZE_REPORT_ASSET)
+    assert report["freeze_check_passed"] is True
+    assert report["training_loop"] == "gradient_tape"  # the overridden parameter, not the compiled "fit"
+    assert [phase["epochs"] for phase in report["phases"]] == [2]
 
 
 def test_frozen_weights_are_bit_identical_to_the_pretrained_backbone(trainer_task):
