@@ -86,9 +86,13 @@ class VertexTraining(_Options):
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
             raise ValueError("set accelerator_type and accelerator_count together")
         if self.worker_replicas:
-            # Each replica would run the whole run_fn and export to the same URI: without a
-            # tf.distribute strategy in run_fn, extra replicas race instead of sharing the work.
-            raise ValueError("worker_replicas > 0 needs multi-worker distribution in run_fn, which is not implemented")
+            # run_fn trains under MultiWorkerMirroredStrategy when TF_CONFIG names several workers and only
+            # the chief exports, but every replica runs the whole executor: TFX's GenericExecutor then
+            # checks that the model exists at the shared output URI, which a non-chief replica reaches
+            # before (or without) the chief's export, and fails the job. Refused until the executor
+            # skips that check and the MLMD recording on non-chief replicas, and a multi-process test covers it.
+            raise ValueError("worker_replicas > 0: multi-worker Vertex training is not supported yet (non-chief "
+                             "replicas fail TFX's model-exists check)")
         return self
 
     def worker_pool_specs(self, image: str) -> list[dict]:

@@ -227,7 +227,7 @@ def test_vertex_custom_job_runs_this_projects_executor(vertex_compiled):
     assert json.loads(command[command.index("--exec-properties") + 1])["freeze_policy"] == exec_properties["freeze_policy"]
 
 
-def test_multi_worker_vertex_training_is_refused_until_run_fn_distributes():
+def test_multi_worker_vertex_training_is_refused_until_non_chief_replicas_are_handled():
     with pytest.raises(ValueError, match="multi-worker"):
         CompileOptions.model_validate({**OPTIONS.model_dump(), "vertex_training": {
             "project": "p", "region": "r", "worker_replicas": 2}})
