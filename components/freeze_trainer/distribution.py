@@ -22,11 +22,12 @@ def choose_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     """`auto`: MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy for
     several local GPUs, else the default single-device strategy. `mirrored` without GPUs mirrors over
     the logical CPU devices, which is how the tests exercise it."""
+    if kind == "multi_worker" or (kind == "auto" and cluster_workers() > 1):
+        # Before anything lists devices: collective ops must be configured before the runtime starts.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
-        kind = "multi_worker" if cluster_workers() > 1 else "mirrored" if len(gpus) > 1 else "one_device"
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        kind = "mirrored" if len(gpus) > 1 else "one_device"
     if kind == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
