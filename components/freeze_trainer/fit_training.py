@@ -7,7 +7,7 @@ import tensorflow as tf
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
-from components.freeze_trainer.phase_runner import phase_length, run_phases
+from components.freeze_trainer.phase_runner import run_phases
 
 
 def train_with_fit(
@@ -20,10 +20,11 @@ def train_with_fit(
     verbose: int = 2,
     optimizer: LayerRateAdam | None = None,
     jit_compile: bool = False,
+    checkpoint_dir: str | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, start_epoch: int):
+    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, first: int, end: int, steps, extra: list):
         # Changing `trainable` takes effect in `fit` only after a compile; the optimizer and its
         # moments carry over.
         model.compile(
@@ -32,16 +33,15 @@ def train_with_fit(
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=jit_compile,
         )
-        end_epoch, steps = phase_length(plan, start_epoch, steps_per_epoch)
         history = model.fit(
             train_data.repeat() if steps else train_data,
             validation_data=eval_data,
-            initial_epoch=start_epoch,
-            epochs=end_epoch,
+            initial_epoch=first,
+            epochs=end,
             steps_per_epoch=steps,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *extra],
             verbose=verbose,
         )
-        return end_epoch, {name: float(values[-1]) for name, values in history.history.items()}
+        return {name: float(values[-1]) for name, values in history.history.items()}
 
-    return run_phases(model, plans, train_phase, optimizer)
+    return run_phases(model, plans, train_phase, optimizer, steps_per_epoch, checkpoint_dir)

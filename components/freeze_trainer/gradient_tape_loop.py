@@ -14,7 +14,7 @@ import tensorflow as tf
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
-from components.freeze_trainer.phase_runner import phase_length, run_phases
+from components.freeze_trainer.phase_runner import run_phases
 
 
 class _Steps:
@@ -83,31 +83,31 @@ def train_with_gradient_tape(
     optimizer: LayerRateAdam | None = None,
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
+    checkpoint_dir: str | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
     strategy = strategy or tf.distribute.get_strategy()
     distributed_eval = strategy.experimental_distribute_dataset(eval_data)
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, start_epoch: int):
+    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, first: int, end_epoch: int, per_epoch, extra):
         step_optimizer = phase_optimizer
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
         steps = _Steps(model, step_optimizer, strategy, jit_compile)
-        end_epoch, per_epoch = phase_length(plan, start_epoch, steps_per_epoch)
         data = train_data.repeat() if per_epoch else train_data
         distributed_train = strategy.experimental_distribute_dataset(data)
         # Keras' ProgbarLogger learns an unknown epoch length from `fit`'s private step counter, so
         # the loop drives a Progbar itself.
         callback_list = tf.keras.callbacks.CallbackList(
-            list(callbacks), add_history=True, add_progbar=False, model=model,
+            [*callbacks, *extra], add_history=True, add_progbar=False, model=model,
             verbose=verbose, epochs=end_epoch, steps=per_epoch,
         )
         model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
         known_steps = per_epoch  # learnt from the first epoch when the data's length is unknown
-        for epoch in range(start_epoch, end_epoch):
+        for epoch in range(first, end_epoch):
             callback_list.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{end_epoch}")
@@ -136,6 +136,6 @@ def train_with_gradient_tape(
             if model.stop_training:
                 break
         callback_list.on_train_end(logs)
-        return end_epoch, logs
+        return logs
 
-    return run_phases(model, plans, train_phase, optimizer)
+    return run_phases(model, plans, train_phase, optimizer, steps_per_epoch, checkpoint_dir)

@@ -10,9 +10,11 @@ from components.freeze_trainer.freeze_plan import PhasePlan, apply_plan, policy_
 from components.freeze_trainer.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
 from components.freeze_trainer.tf_keras_autograph import exempt_tf_keras_from_autograph
+from components.freeze_trainer.training_checkpoints import EpochCheckpoint, TrainingCheckpoints
 
-# Trains one phase from `start_epoch`; returns the epoch it ended at and its last epoch's metrics.
-TrainPhase = Callable[[PhasePlan, LayerRateAdam, int], tuple[int, dict[str, float]]]
+# Trains epochs [first, end) of one phase, `steps` per epoch (None: the whole data), with the extra
+# callbacks; returns the last epoch's metrics.
+TrainPhase = Callable[[PhasePlan, LayerRateAdam, int, int, "int | None", list], dict[str, float]]
 
 
 def variable_multipliers(model: tf.keras.Model, plan: PhasePlan) -> list[tuple[tf.Variable, float]]:
@@ -40,21 +42,37 @@ def build_phase_optimizer(model: tf.keras.Model, plans: list[PhasePlan]) -> Laye
 
 
 def run_phases(
-    model: tf.keras.Model, plans: list[PhasePlan], train_phase: TrainPhase, optimizer: LayerRateAdam | None = None
+    model: tf.keras.Model,
+    plans: list[PhasePlan],
+    train_phase: TrainPhase,
+    optimizer: LayerRateAdam | None = None,
+    steps_per_epoch: int | None = None,
+    checkpoint_dir: str | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
-    """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics."""
+    """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
+
+    With `checkpoint_dir`, progress is saved after every epoch and a rerun resumes from it."""
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
-    checks, epoch, metrics = [], 0, {}
-    for plan in plans:
-        apply_plan(model, plan)
-        optimizer.learning_rate = plan.learning_rate
-        optimizer.set_multipliers(variable_multipliers(model, plan))
-        before = snapshot(model)
-        epoch, metrics = train_phase(plan, optimizer, epoch)
-        check = check_phase(model, plan, before)
-        checks.append(check)
-        raise_on_violation(check)
+    checkpoints = TrainingCheckpoints(checkpoint_dir, model, optimizer) if checkpoint_dir else None
+    resume_phase, resume_epoch, checks = checkpoints.restore() if checkpoints else (0, 0, [])
+    epoch, metrics = 0, {}
+    for index, plan in enumerate(plans):
+        end, steps = phase_length(plan, epoch, steps_per_epoch)
+        if index >= resume_phase:
+            first = max(epoch, resume_epoch) if index == resume_phase else epoch
+            apply_plan(model, plan)
+            optimizer.learning_rate = plan.learning_rate
+            optimizer.set_multipliers(variable_multipliers(model, plan))
+            before = snapshot(model)
+            extra = [EpochCheckpoint(checkpoints, index, end)] if checkpoints else []
+            metrics = train_phase(plan, optimizer, first, end, steps, extra)
+            check = check_phase(model, plan, before)
+            checks.append(check)
+            raise_on_violation(check)
+            if checkpoints:
+                checkpoints.save(index + 1, end, checks)
+        epoch = end
     return checks, metrics
 
 

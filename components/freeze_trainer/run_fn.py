@@ -7,6 +7,7 @@ pieces; only the `freeze_report.json` asset is needed for the executor to record
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from functools import partial
 
@@ -17,7 +18,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
 from components.freeze_trainer.classifier_model import build_from_config
-from components.freeze_trainer.distribution import choose_strategy, is_chief
+from components.freeze_trainer.distribution import choose_strategy, cluster_workers, is_chief
 from components.freeze_trainer.fit_training import train_with_fit
 from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape
 from components.freeze_trainer.phase_runner import build_phase_optimizer
@@ -94,6 +95,9 @@ def run_fn(fn_args: FnArgs) -> None:
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,
             jit_compile=config.jit_compile,
+            # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. Workers
+            # of a multi-worker job would each need the chief's checkpoints: not supported yet.
+            checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints") if cluster_workers() <= 1 else None,
         )
     report = freeze_report(config, plans, checks, metrics)
     logging.info("Freeze check passed for every phase: %s", report["phases"])
