@@ -19,18 +19,13 @@ import click  # noqa: E402
 
 from components.freeze_trainer.backbones import BackboneError  # noqa: E402
 from components.freeze_trainer.freeze_plan import plan_for_config  # noqa: E402
-from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, PolicyError  # noqa: E402
+from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, PolicyError, read_policy_source  # noqa: E402
 from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig  # noqa: E402
 from pipelines.digits_data import write_digits_examples  # noqa: E402
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 PIPELINE_NAME = "freeze-trainer-demo"
-
-
-def read_policy_option(value: str) -> str:
-    """`--freeze-policy` takes a JSON/YAML file or inline JSON."""
-    return open(value).read() if os.path.isfile(value) else value
 
 
 def validated_config(image_size: int, **values) -> TrainerConfig:
@@ -68,7 +63,7 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
 def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone, backbone_weights, backbone_alpha,
          image_size, training_loop, distribution, data_root, sample, accuracy_floor, retrain):
-    policy_text = read_policy_option(freeze_policy)
+    policy_text = read_policy_source(freeze_policy)
     config = validated_config(freeze_policy=policy_text, epochs=epochs, learning_rate=learning_rate,
                               batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
                               backbone_alpha=backbone_alpha, image_size=image_size, training_loop=training_loop,

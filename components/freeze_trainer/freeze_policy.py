@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Literal
 
 import pydantic
@@ -303,6 +304,14 @@ def _error_key(loc: tuple) -> str:
         else:
             key += f".{part}" if key else part
     return key
+
+
+def read_policy_source(value: str) -> str:
+    """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline."""
+    if os.path.isfile(value):
+        with open(value) as f:
+            return f.read()
+    return value
 
 
 def parse_policy(text: str) -> FreezePolicy:

@@ -17,17 +17,9 @@ import click  # noqa: E402
 
 from components.freeze_trainer.backbones import BackboneError  # noqa: E402
 from components.freeze_trainer.freeze_plan import PhasePlan, plan_for_config  # noqa: E402
-from components.freeze_trainer.freeze_policy import PolicyError, policy_json_schema  # noqa: E402
+from components.freeze_trainer.freeze_policy import PolicyError, policy_json_schema, read_policy_source  # noqa: E402
 from components.freeze_trainer.plan_report import format_plan, phase_summary  # noqa: E402
 from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig  # noqa: E402
-
-
-def read_policy_text(value: str) -> str:
-    """A JSON/YAML file, or the policy itself inline."""
-    if os.path.isfile(value):
-        with open(value) as f:
-            return f.read()
-    return value
 
 
 def plan_policy_text(
@@ -36,7 +28,7 @@ def plan_policy_text(
 ) -> list[PhasePlan]:
     """Validates everything a trainer would check before reading data; raises its errors."""
     config = TrainerConfig.from_parameters(
-        freeze_policy=read_policy_text(policy), backbone=backbone, backbone_weights=backbone_weights,
+        freeze_policy=read_policy_source(policy), backbone=backbone, backbone_weights=backbone_weights,
         backbone_alpha=alpha, learning_rate=learning_rate, epochs=epochs,
     )
     return plan_for_config(config, (image_size, image_size, 3), num_classes)
