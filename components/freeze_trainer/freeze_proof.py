@@ -32,6 +32,12 @@ class FreezeCheck:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> FreezeCheck:
+        """The inverse of `as_dict` after a JSON round trip, which turns tuples into lists."""
+        return cls(**{**values, "changed_frozen": tuple(values["changed_frozen"]),
+                      "unchanged_trainable": tuple(values["unchanged_trainable"])})
+
 
 Snapshot = dict  # variable ref -> (name, bytes of its value)
 

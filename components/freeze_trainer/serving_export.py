@@ -16,6 +16,7 @@ import tensorflow_transform as tft
 from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
 
 EXTRA_ASSETS_DIR = "assets.extra"
+MODEL_VARIABLES = "model_variables"  # the attribute warm starting reads back
 
 
 class _ServingModule(tf.Module):
@@ -24,7 +25,7 @@ class _ServingModule(tf.Module):
 
     def __init__(self, model: tf.keras.Model, tft_output: tft.TFTransformOutput):
         super().__init__()
-        self.model_variables = list(model.variables)
+        setattr(self, MODEL_VARIABLES, list(model.variables))
         self.tft_layer = tft_output.transform_features_layer()
         self.class_names = tf.constant(tft_output.vocabulary_by_name(LABEL_VOCABULARY))
         raw_spec = tft_output.raw_feature_spec()

@@ -33,9 +33,7 @@ class TrainingCheckpoints:
         checks = []
         if tf.io.gfile.exists(self._checks_path):
             with tf.io.gfile.GFile(self._checks_path) as f:
-                checks = [FreezeCheck(**{**c, "changed_frozen": tuple(c["changed_frozen"]),
-                                         "unchanged_trainable": tuple(c["unchanged_trainable"])})
-                          for c in json.load(f)]
+                checks = [FreezeCheck.from_dict(values) for values in json.load(f)]
         return int(self.phase.numpy()), int(self.epoch.numpy()), checks[: int(self.phase.numpy())]
 
     def save(self, phase_index: int, next_epoch: int, completed: list[FreezeCheck] | None = None) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from absl import logging
 
-BASE_MODEL_VARIABLES = "model_variables"
+from components.freeze_trainer.serving_export import MODEL_VARIABLES
 
 
 class WarmStartError(ValueError):
@@ -70,9 +70,9 @@ def copy_matching_variables(target: list[tf.Variable], source: list[tf.Variable]
 def warm_start_from_saved_model(model: tf.keras.Model, base_model_dir: str) -> WarmStartReport:
     """Loads `base_model_dir` (a SavedModel from `export_serving_model`) into `model` in place."""
     saved = tf.saved_model.load(base_model_dir)
-    if not hasattr(saved, BASE_MODEL_VARIABLES):
-        raise WarmStartError(f"base model {base_model_dir} has no `{BASE_MODEL_VARIABLES}`; it was not exported by FreezeTrainer")
-    report = copy_matching_variables(list(model.variables), list(getattr(saved, BASE_MODEL_VARIABLES)), base_model_dir)
+    if not hasattr(saved, MODEL_VARIABLES):
+        raise WarmStartError(f"base model {base_model_dir} has no `{MODEL_VARIABLES}`; it was not exported by FreezeTrainer")
+    report = copy_matching_variables(list(model.variables), list(getattr(saved, MODEL_VARIABLES)), base_model_dir)
     logging.info("%s", report.summary())
     for name in report.shape_mismatch + report.missing:
         logging.info("warm start: %s keeps its fresh value", name)
