@@ -54,6 +54,8 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
 @click.option("--training-loop", type=click.Choice(["fit", "gradient_tape"]), default="fit", show_default=True)
 @click.option("--distribution", type=click.Choice(["auto", "one_device", "mirrored", "multi_worker"]), default="auto",
               show_default=True, help="The tf.distribute strategy; auto picks from TF_CONFIG and the local GPUs.")
+@click.option("--feature-cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: phases whose whole base is frozen train the head on base features computed once.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
@@ -62,12 +64,12 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
               help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
 def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone, backbone_weights, backbone_alpha,
-         image_size, training_loop, distribution, data_root, sample, accuracy_floor, retrain):
+         image_size, training_loop, distribution, feature_cache, data_root, sample, accuracy_floor, retrain):
     policy_text = read_policy_source(freeze_policy)
     config = validated_config(freeze_policy=policy_text, epochs=epochs, learning_rate=learning_rate,
                               batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
                               backbone_alpha=backbone_alpha, image_size=image_size, training_loop=training_loop,
-                              distribution=distribution)
+                              distribution=distribution, feature_cache=feature_cache)
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -92,6 +94,7 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
         batch_size=config.batch_size,
         training_loop=config.training_loop,
         distribution=config.distribution,
+        feature_cache=config.feature_cache,
         image_size=image_size,
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),

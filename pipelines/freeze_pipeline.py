@@ -78,6 +78,7 @@ def create_pipeline(
     batch_size: Any = None,
     training_loop: Any = None,
     distribution: Any = None,
+    feature_cache: Any = None,
     image_size: int = 224,
     accuracy_floor: float = 0.5,
     max_accuracy_drop: float = 0.02,
@@ -120,6 +121,7 @@ def create_pipeline(
         batch_size=batch_size,
         training_loop=training_loop,
         distribution=distribution,
+        feature_cache=feature_cache,
         base_model=model_resolver.outputs["model"] if retrain else None,
         custom_config=trainer_custom_config,
     )

@@ -8,11 +8,13 @@ from components.freeze_trainer.classifier_model import build_classifier
 SHAPE = (32, 32, 3)
 
 
-def classifier(backbone: str = "MobileNetV2", num_classes: int = 3, bn_inference_mode: bool = True, **kwargs):
+def classifier(
+    backbone: str = "MobileNetV2", num_classes: int = 3, bn_inference_mode: bool = True, dropout: float = 0.2, **kwargs
+):
     if backbone == "MobileNetV2":
         kwargs.setdefault("alpha", 0.35)
     return build_classifier(
-        build_backbone(backbone, "none", SHAPE, **kwargs), backbone, num_classes, bn_inference_mode=bn_inference_mode
+        build_backbone(backbone, "none", SHAPE, **kwargs), backbone, num_classes, bn_inference_mode, dropout
     )
 
 

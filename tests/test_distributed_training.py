@@ -42,6 +42,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path, loop):
     assert result["replicas"] == 2
     assert result["replicas_agree"]
     assert [check["passed"] for check in result["checks"]] == [True, True]
+    assert result["cached_train_examples"] == 64  # one worker: every example
 
 
 @pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
@@ -59,4 +60,5 @@ def test_multi_worker_mirrored_strategy_across_two_processes(tmp_path, loop):
     assert [result["replicas"] for result in results] == [2, 2]
     assert [result["chief"] for result in results] == [True, False]
     assert results[0]["digest"] == results[1]["digest"]  # the workers end with the same weights
+    assert [result["cached_train_examples"] for result in results] == [32, 32]  # each its own shard
     assert all(check["passed"] for result in results for check in result["checks"])

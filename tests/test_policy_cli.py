@@ -19,7 +19,7 @@ def test_plan_text_for_a_known_policy_line_by_line():
     lines = format_plan(plan_policy(policy, tiny_classifier(), default_learning_rate=0.01, default_epochs=2))
     fields = [line.split() for line in lines]
     assert lines[0] == ("phase 1/1 'train': 2 epochs, head lr 0.01; 4 of 6 layers trainable; "
-                        "trainable params 19, frozen params 128")
+                        "trainable params 19, frozen params 128; no feature cache: 1 backbone layer(s) train")
     assert fields[1] == ["#", "layer", "class", "group", "auto", "state", "bn", "lr", "trainable", "frozen"]
     assert fields[2:] == [
         ["0", "conv_a", "Conv2D", "stem", "auto_0", "frozen", "-", "-", "0", "112"],
@@ -38,6 +38,8 @@ def test_plan_command_shows_recipe_phases_groups_and_decayed_rates(tmp_path):
     assert result.exit_code == 0, result.output
     summaries = [line for line in result.output.splitlines() if line.startswith("phase ")]
     assert [line.split("'")[1] for line in summaries] == ["head", "top_1_groups", "top_2_groups"]
+    assert summaries[0].endswith("head trains on cached base features")
+    assert all("; no feature cache: " in line for line in summaries[1:])
     rows = {fields[1]: fields for fields in (line.split() for line in result.output.splitlines()) if len(fields) == 10}
     # In the last phase the top auto group trains at lr/2 and the bottom one at lr/4.
     assert rows["block_16_project"][3:9] == ["block_16", "auto_1", "trainable", "-", "0.005", rows["block_16_project"][8]]

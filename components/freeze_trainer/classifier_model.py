@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tensorflow as tf
+from tf_keras.src.engine.base_layer import BaseRandomLayer  # Dropout, GaussianNoise, Random* augmentation
 
 from components.freeze_trainer.backbones import BackbonePreprocessing, build_backbone
 from components.freeze_trainer.image_transform import IMAGE_KEY, transformed_name
 from components.freeze_trainer.trainer_config import TrainerConfig
 
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
+FEATURES_LAYER = HEAD_LAYER_NAMES[0]  # the pooled backbone output: where a frozen base's features are cut
 
 
 def build_classifier(
@@ -50,6 +52,41 @@ def backbone_name_of(model: tf.keras.Model) -> str | None:
 
 def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
     return [model.get_layer(name) for name in HEAD_LAYER_NAMES]
+
+
+def feature_extractor(model: tf.keras.Model) -> tf.keras.Model:
+    """The classifier up to the pooled backbone features (no weights of its own)."""
+    return tf.keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output, name="feature_extractor")
+
+
+def head_on_features(model: tf.keras.Model) -> tf.keras.Model:
+    """The classifier's layers after the features, as a model over feature vectors; it shares the
+    classifier's layer objects, so training it trains the classifier's head."""
+    features_layer = model.get_layer(FEATURES_LAYER)
+    features = tf.keras.Input(shape=features_layer.output_shape[1:], dtype=features_layer.output.dtype, name="features")
+    x = features
+    for name in HEAD_LAYER_NAMES[1:]:
+        x = model.get_layer(name)(x)
+    return tf.keras.Model(features, x, name="head_on_features")
+
+
+def _called_in_inference_mode(layer: tf.keras.layers.Layer) -> bool:
+    return bool(layer.inbound_nodes) and all(node.call_kwargs.get("training") is False for node in layer.inbound_nodes)
+
+
+def random_layers_before_features(model: tf.keras.Model) -> list[str]:
+    """Layers before the features that draw random numbers while training (augmentation, dropout): the
+    features of an example then differ every epoch and cannot be cached. Layers inside a model that the
+    classifier calls with `training=False` (the backbone in BatchNorm inference mode) do not count."""
+    found = []
+    pending = [layer for layer in model.layers if layer.name not in HEAD_LAYER_NAMES]
+    while pending:
+        layer = pending.pop(0)
+        if isinstance(layer, BaseRandomLayer):
+            found.append(layer.name)
+        elif isinstance(layer, tf.keras.Model) and not _called_in_inference_mode(layer):
+            pending.extend(layer.layers)
+    return found
 
 
 def build_from_config(config: TrainerConfig, input_shape: tuple[int, int, int], num_classes: int) -> tf.keras.Model:

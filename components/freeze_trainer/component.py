@@ -32,6 +32,8 @@ TRAINING_PARAMETERS = {
     "distribution": ExecutionParameter(type=str, optional=True),
     "mixed_precision": ExecutionParameter(type=str, optional=True),
     "jit_compile": ExecutionParameter(type=int, optional=True),
+    "feature_cache": ExecutionParameter(type=str, optional=True),
+    "feature_cache_memory_mb": ExecutionParameter(type=int, optional=True),
 }
 
 
@@ -64,6 +66,8 @@ class FreezeTrainer(base_component.BaseComponent):
         distribution: Any = None,
         mixed_precision: Any = None,
         jit_compile: Any = None,
+        feature_cache: Any = None,
+        feature_cache_memory_mb: Any = None,
         schema: types.BaseChannel | None = None,
         base_model: types.BaseChannel | None = None,
         hyperparameters: types.BaseChannel | None = None,
@@ -97,6 +101,8 @@ class FreezeTrainer(base_component.BaseComponent):
             distribution=distribution,
             mixed_precision=mixed_precision,
             jit_compile=jit_compile,
+            feature_cache=feature_cache,
+            feature_cache_memory_mb=feature_cache_memory_mb,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),
         )

@@ -36,6 +36,16 @@ def choose_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     raise ValueError(f"distribution: unknown strategy {kind!r}; choose one of {STRATEGIES}")
 
 
+def worker_shard() -> tuple[int, int]:
+    """(number of workers, this worker's index) in MultiWorkerMirroredStrategy's order: the chief first."""
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    if cluster_workers() <= 1 or not task:
+        return 1, 0
+    chiefs = len(_cluster().get("chief", [])) + len(_cluster().get("master", []))
+    index = task.get("index", 0) + (chiefs if task.get("type") == "worker" else 0)
+    return cluster_workers(), index
+
+
 def is_chief() -> bool:
     """The process that exports: TF_CONFIG's chief (or master), or worker 0 when there is none."""
     task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
@@ -13,8 +14,8 @@ from components.freeze_trainer.phase_runner import run_phases
 def train_with_fit(
     model: tf.keras.Model,
     plans: list[PhasePlan],
-    train_data: tf.data.Dataset,
-    eval_data: tf.data.Dataset,
+    train_data: tf.data.Dataset | ExampleFeed,
+    eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
     steps_per_epoch: int | None = None,
     verbose: int = 2,
@@ -24,18 +25,19 @@ def train_with_fit(
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, first: int, end: int, steps, extra: list):
+    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, data: PhaseData, first: int, end: int, steps,
+                    extra: list):
         # Changing `trainable` takes effect in `fit` only after a compile; the optimizer and its
         # moments carry over.
-        model.compile(
+        data.model.compile(
             optimizer=phase_optimizer,
             loss=tf.keras.losses.SparseCategoricalCrossentropy(),
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=jit_compile,
         )
-        history = model.fit(
-            train_data.repeat() if steps else train_data,
-            validation_data=eval_data,
+        history = data.model.fit(
+            data.train.repeat() if steps else data.train,
+            validation_data=data.eval,
             initial_epoch=first,
             epochs=end,
             steps_per_epoch=steps,
@@ -44,4 +46,4 @@ def train_with_fit(
         )
         return {name: float(values[-1]) for name, values in history.history.items()}
 
-    return run_phases(model, plans, train_phase, optimizer, steps_per_epoch, checkpoint_dir)
+    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir)

@@ -16,7 +16,13 @@ import numpy as np
 import tensorflow as tf
 
 from components.freeze_trainer.backbones import block_groups, is_saved_backbone
-from components.freeze_trainer.classifier_model import backbone_name_of, backbone_of, build_from_config, head_layers
+from components.freeze_trainer.classifier_model import (
+    backbone_name_of,
+    backbone_of,
+    build_from_config,
+    head_layers,
+    random_layers_before_features,
+)
 from components.freeze_trainer.freeze_policy import FreezePolicy, Phase, PolicyError, Selector
 from components.freeze_trainer.trainer_config import TrainerConfig
 
@@ -48,6 +54,12 @@ class PhasePlan:
     steps: int | None
     learning_rate: float  # the head's
     layers: tuple[LayerState, ...]
+    # Why the base's features cannot be computed once and cached for this phase; None when they can.
+    feature_cache_blocker: str | None
+
+    @property
+    def caches_features(self) -> bool:
+        return self.feature_cache_blocker is None
 
     def state(self, layer_name: str) -> LayerState:
         return next(state for state in self.layers if state.name == layer_name)
@@ -193,8 +205,23 @@ def _decayed_rates(
     return {layer.name: head_lr / decay.factor ** depth for depth, layer in enumerate(weighted, start=1)}
 
 
+def _feature_cache_blocker(states: list[LayerState], random_layers: list[str]) -> str | None:
+    training = [state.name for state in states if state.trainable and not state.in_head]
+    if training:
+        return f"{len(training)} backbone layer(s) train"
+    if random_layers:
+        return f"random layer {random_layers[0]!r} precedes the features"
+    return None
+
+
 def _plan_phase(
-    policy: FreezePolicy, phase: Phase, key: str, layers: _Addressable, default_lr: float, default_epochs: int
+    policy: FreezePolicy,
+    phase: Phase,
+    key: str,
+    layers: _Addressable,
+    default_lr: float,
+    default_epochs: int,
+    random_layers: list[str],
 ) -> PhasePlan:
     head_lr = phase.learning_rate or default_lr
     trainable = {layer.name: True for layer in layers.every}
@@ -247,7 +274,14 @@ def _plan_phase(
             )
         )
     epochs = None if phase.steps else (phase.epochs or default_epochs)
-    return PhasePlan(phase=phase, epochs=epochs, steps=phase.steps, learning_rate=head_lr, layers=tuple(states))
+    return PhasePlan(
+        phase=phase,
+        epochs=epochs,
+        steps=phase.steps,
+        learning_rate=head_lr,
+        layers=tuple(states),
+        feature_cache_blocker=_feature_cache_blocker(states, random_layers),
+    )
 
 
 def plan_policy(
@@ -255,8 +289,11 @@ def plan_policy(
 ) -> list[PhasePlan]:
     """One plan per phase. Raises PolicyError for rules that match nothing or leave nothing to train."""
     layers = _addressable(model, policy.auto_groups)
+    random_layers = random_layers_before_features(model)
     return [
-        _plan_phase(policy, phase, policy.phase_key(index), layers, default_learning_rate, default_epochs)
+        _plan_phase(
+            policy, phase, policy.phase_key(index), layers, default_learning_rate, default_epochs, random_layers
+        )
         for index, phase in enumerate(policy.resolved_phases())
     ]
 

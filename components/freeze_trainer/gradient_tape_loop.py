@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
@@ -75,8 +76,8 @@ class _Steps:
 def train_with_gradient_tape(
     model: tf.keras.Model,
     plans: list[PhasePlan],
-    train_data: tf.data.Dataset,
-    eval_data: tf.data.Dataset,
+    train_data: tf.data.Dataset | ExampleFeed,
+    eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
     steps_per_epoch: int | None = None,
     verbose: int = 2,
@@ -87,23 +88,23 @@ def train_with_gradient_tape(
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
     strategy = strategy or tf.distribute.get_strategy()
-    distributed_eval = strategy.experimental_distribute_dataset(eval_data)
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, first: int, end_epoch: int, per_epoch, extra):
+    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, data: PhaseData, first: int, end_epoch: int,
+                    per_epoch, extra):
         step_optimizer = phase_optimizer
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
-        steps = _Steps(model, step_optimizer, strategy, jit_compile)
-        data = train_data.repeat() if per_epoch else train_data
-        distributed_train = strategy.experimental_distribute_dataset(data)
+        steps = _Steps(data.model, step_optimizer, strategy, jit_compile)
+        distributed_train = strategy.experimental_distribute_dataset(data.train.repeat() if per_epoch else data.train)
+        distributed_eval = strategy.experimental_distribute_dataset(data.eval)
         # Keras' ProgbarLogger learns an unknown epoch length from `fit`'s private step counter, so
         # the loop drives a Progbar itself.
         callback_list = tf.keras.callbacks.CallbackList(
-            [*callbacks, *extra], add_history=True, add_progbar=False, model=model,
+            [*callbacks, *extra], add_history=True, add_progbar=False, model=data.model,
             verbose=verbose, epochs=end_epoch, steps=per_epoch,
         )
-        model.stop_training = False
+        data.model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
         known_steps = per_epoch  # learnt from the first epoch when the data's length is unknown
@@ -133,9 +134,9 @@ def train_with_gradient_tape(
             known_steps = progress.target = known_steps or step
             progress.update(step, list(logs.items()), finalize=True)
             callback_list.on_epoch_end(epoch, logs)
-            if model.stop_training:
+            if data.model.stop_training:
                 break
         callback_list.on_train_end(logs)
         return logs
 
-    return run_phases(model, plans, train_phase, optimizer, steps_per_epoch, checkpoint_dir)
+    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir)

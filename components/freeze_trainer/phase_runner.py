@@ -1,4 +1,7 @@
-"""The phase loop both training loops share: set the freeze state, train, prove the freeze held."""
+"""The phase loop both training loops share: set the freeze state, train, prove the freeze held.
+
+Training data is either fixed batched datasets or an ExampleFeed, which batches each phase afresh and
+may train the head alone on cached base features; the proof always covers the whole classifier."""
 
 from __future__ import annotations
 
@@ -6,15 +9,16 @@ from typing import Callable
 
 import tensorflow as tf
 
+from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
 from components.freeze_trainer.freeze_plan import PhasePlan, apply_plan, policy_layers
 from components.freeze_trainer.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
 from components.freeze_trainer.tf_keras_autograph import exempt_tf_keras_from_autograph
 from components.freeze_trainer.training_checkpoints import EpochCheckpoint, TrainingCheckpoints
 
-# Trains epochs [first, end) of one phase, `steps` per epoch (None: the whole data), with the extra
-# callbacks; returns the last epoch's metrics.
-TrainPhase = Callable[[PhasePlan, LayerRateAdam, int, int, "int | None", list], dict[str, float]]
+# Trains `data.model` on `data` for epochs [first, end) of one phase, `steps` per epoch (None: the whole
+# data), with the extra callbacks; returns the last epoch's metrics.
+TrainPhase = Callable[[PhasePlan, LayerRateAdam, PhaseData, int, int, "int | None", list], dict[str, float]]
 
 
 def variable_multipliers(model: tf.keras.Model, plan: PhasePlan) -> list[tuple[tf.Variable, float]]:
@@ -45,6 +49,8 @@ def run_phases(
     model: tf.keras.Model,
     plans: list[PhasePlan],
     train_phase: TrainPhase,
+    train_data: tf.data.Dataset | ExampleFeed,
+    eval_data: tf.data.Dataset | None = None,
     optimizer: LayerRateAdam | None = None,
     steps_per_epoch: int | None = None,
     checkpoint_dir: str | None = None,
@@ -66,7 +72,11 @@ def run_phases(
             optimizer.set_multipliers(variable_multipliers(model, plan))
             before = snapshot(model)
             extra = [EpochCheckpoint(checkpoints, index, end)] if checkpoints else []
-            metrics = train_phase(plan, optimizer, first, end, steps, extra)
+            if isinstance(train_data, ExampleFeed):
+                data = train_data.phase_data(model, plan)
+            else:
+                data = PhaseData(model, train_data, eval_data)
+            metrics = train_phase(plan, optimizer, data, first, end, steps, extra)
             check = check_phase(model, plan, before)
             checks.append(check)
             raise_on_violation(check)

@@ -25,10 +25,11 @@ def _row(index, state: LayerState) -> str:
 def phase_summary(number: int, total: int, plan: PhasePlan) -> str:
     length = f"{plan.steps} steps" if plan.steps else f"{plan.epochs} epochs"
     trainable_layers = sum(state.trainable for state in plan.layers)
+    cache = "head trains on cached base features" if plan.caches_features else f"no feature cache: {plan.feature_cache_blocker}"
     return (
         f"phase {number}/{total} {plan.phase.name!r}: {length}, head lr {plan.learning_rate:.3g}; "
         f"{trainable_layers} of {len(plan.layers)} layers trainable; "
-        f"trainable params {plan.trainable_params:,}, frozen params {plan.frozen_params:,}"
+        f"trainable params {plan.trainable_params:,}, frozen params {plan.frozen_params:,}; {cache}"
     )
 
 

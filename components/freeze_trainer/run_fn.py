@@ -6,6 +6,7 @@ pieces; only the `freeze_report.json` asset is needed for the executor to record
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -18,6 +19,8 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
 from components.freeze_trainer.classifier_model import build_from_config
+from components.freeze_trainer.example_feed import ExampleFeed
+from components.freeze_trainer.feature_cache import FeatureCache, files_fingerprint
 from components.freeze_trainer.distribution import choose_strategy, cluster_workers, is_chief
 from components.freeze_trainer.fit_training import train_with_fit
 from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape
@@ -36,16 +39,12 @@ def transformed_input_shape(tft_output: tft.TFTransformOutput) -> tuple[int, int
     return tuple(tft_output.transformed_feature_spec()[transformed_name(IMAGE_KEY)].shape)
 
 
-def _dataset(fn_args: FnArgs, files: list[str], tft_output, batch_size: int, seed: int, training: bool):
+def _examples(fn_args: FnArgs, files: list[str], tft_output, batch_size: int) -> tf.data.Dataset:
+    """Transformed examples, unbatched, once, in file order: ExampleFeed shuffles and batches them."""
     options = tfxio.TensorFlowDatasetOptions(
-        batch_size=batch_size,
-        label_key=transformed_name(LABEL_KEY),
-        num_epochs=None if training and fn_args.train_steps else 1,
-        shuffle=training,
-        shuffle_seed=seed,
+        batch_size=batch_size, label_key=transformed_name(LABEL_KEY), num_epochs=1, shuffle=False
     )
-    dataset = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
-    return dataset.take(fn_args.eval_steps) if not training and fn_args.eval_steps else dataset
+    return fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema).unbatch()
 
 
 def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics: dict[str, float]) -> dict:
@@ -56,7 +55,13 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
         "training_loop": config.training_loop,
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
-            {**check.as_dict(), "epochs": plan.epochs, "steps": plan.steps, "learning_rate": plan.learning_rate}
+            {
+                **check.as_dict(),
+                "epochs": plan.epochs,
+                "steps": plan.steps,
+                "learning_rate": plan.learning_rate,
+                "feature_cache": config.feature_cache == "auto" and plan.caches_features,
+            }
             for plan, check in zip(plans, checks)
         ],
         "final_metrics": metrics,
@@ -80,17 +85,26 @@ def run_fn(fn_args: FnArgs) -> None:
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
 
-    train_data = _dataset(fn_args, fn_args.train_files, tft_output, config.batch_size, config.seed, training=True)
-    eval_data = _dataset(fn_args, fn_args.eval_files, tft_output, config.batch_size, config.seed, training=False)
+    train_examples = _examples(fn_args, fn_args.train_files, tft_output, config.batch_size)
+    eval_examples = _examples(fn_args, fn_args.eval_files, tft_output, config.batch_size)
+    if fn_args.eval_steps:
+        eval_examples = eval_examples.take(fn_args.eval_steps * config.batch_size)
+    feature_cache = None
+    if config.feature_cache == "auto" and any(plan.caches_features for plan in plans):
+        feature_cache = FeatureCache(
+            files_fingerprint([fn_args.transform_output, *fn_args.train_files, *fn_args.eval_files]),
+            spill_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
+            memory_budget_bytes=config.feature_cache_memory_mb << 20,
+        )
+    feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
     loop = {"fit": train_with_fit, "gradient_tape": partial(train_with_gradient_tape, strategy=strategy)}
-    with strategy.scope():
+    with strategy.scope(), feature_cache or contextlib.nullcontext():
         checks, metrics = loop[config.training_loop](
             model,
             plans,
-            train_data,
-            eval_data,
+            feed,
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,

@@ -37,6 +37,10 @@ class TrainerConfig(BaseModel):
     distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool = Field(False, description="XLA-compile the training step.")
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto", description="`auto` trains the head on cached base features in phases whose whole base is frozen."
+    )
+    feature_cache_memory_mb: PositiveInt = Field(1024, description="Cached features beyond this go to disk.")
 
     @field_validator("backbone")
     @classmethod
