@@ -10,8 +10,11 @@ top-level execution parameters, never inside `custom_config`.
 
 What a run cannot change is fixed here at compile time: the image, the pipeline root, the serving
 directory, the image size (Transform's custom_config), the trainer's node resources and the Vertex job's
-worker pools. `kfp-pipeline-spec` 0.2.2 (the version TFX 1.16 pins) has numeric-only container resource
-fields, so resources cannot be pipeline parameters; compile one spec per resource profile instead.
+worker pools. Resources cannot be pipeline parameters: in `kfp-pipeline-spec` 0.2.2 (kfp 2.5.0 pins it;
+TFX 1.16 asks for >=0.2.2) the container `ResourceSpec` has `cpu_limit`, `memory_limit`, `cpu_request`,
+`memory_request` as doubles and `accelerator.count` as int64, with no field for a parameter placeholder,
+and TFX 1.16's compiler (`kubeflow/v2/step_builder.py`) copies the node's `ResourceSpec` into the spec
+as it is. Compile one spec per resource profile instead.
 """
 
 from __future__ import annotations
@@ -78,33 +81,31 @@ class VertexTraining(_Options):
     accelerator_type: str | None = Field(None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4")
     accelerator_count: int = Field(0, ge=0)
     worker_replicas: int = Field(
-        0, ge=0, description="Workers besides the chief. Vertex gives every replica its TF_CONFIG."
+        0, ge=0,
+        description="Workers besides the chief, in a second pool of the same machines. Vertex gives every replica "
+                    "its TF_CONFIG (chief and workers), so run_fn trains under MultiWorkerMirroredStrategy.",
     )
 
     @model_validator(mode="after")
     def _check(self) -> VertexTraining:
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
             raise ValueError("set accelerator_type and accelerator_count together")
-        if self.worker_replicas:
-            # run_fn trains under MultiWorkerMirroredStrategy when TF_CONFIG names several workers and only
-            # the chief exports, but every replica runs the whole executor: TFX's GenericExecutor then
-            # checks that the model exists at the shared output URI, which a non-chief replica reaches
-            # before (or without) the chief's export, and fails the job. Refused until the executor
-            # skips that check and the MLMD recording on non-chief replicas, and a multi-process test covers it.
-            raise ValueError("worker_replicas > 0: multi-worker Vertex training is not supported yet (non-chief "
-                             "replicas fail TFX's model-exists check)")
         return self
 
     def worker_pool_specs(self, image: str) -> list[dict]:
-        machine_spec: dict[str, Any] = {"machine_type": self.machine_type}
-        if self.accelerator_type:
-            machine_spec.update(accelerator_type=self.accelerator_type, accelerator_count=self.accelerator_count)
-        # The extension replaces each pool's container command with TFX's run_executor entry point.
-        chief = {"machine_spec": machine_spec, "replica_count": 1, "container_spec": {"image_uri": image}}
-        pools = [chief]
-        if self.worker_replicas:
-            pools.append({**chief, "replica_count": self.worker_replicas})
-        return pools
+        """Vertex makes pool 0 the TF_CONFIG `chief` (exactly one replica) and pool 1 the `worker`s. Every
+        replica runs the whole executor; a non-chief one trains with its outputs in a scratch folder and
+        leaves the Model and ModelRun to the chief (`Executor._train_as_non_chief`)."""
+
+        def pool(replica_count: int) -> dict:
+            machine_spec: dict[str, Any] = {"machine_type": self.machine_type}
+            if self.accelerator_type:
+                machine_spec.update(accelerator_type=self.accelerator_type, accelerator_count=self.accelerator_count)
+            # The extension replaces each pool's container command with TFX's run_executor entry point.
+            container_spec = {"image_uri": image}
+            return {"machine_spec": machine_spec, "replica_count": replica_count, "container_spec": container_spec}
+
+        return [pool(1)] + ([pool(self.worker_replicas)] if self.worker_replicas else [])
 
     def custom_config(self, image: str) -> dict:
         """The trainer `custom_config` keys TFX's Vertex Trainer executor reads."""
@@ -158,6 +159,12 @@ class CompileOptions(_Options):
             backbone_alpha=self.backbone_alpha, epochs=self.epochs, learning_rate=self.learning_rate,
             batch_size=self.batch_size, training_loop=self.training_loop, distribution=self.distribution,
         )
+        workers = self.vertex_training.worker_replicas if self.vertex_training else 0
+        if workers and self.distribution not in (None, "auto", "multi_worker"):
+            # Under a single-machine strategy each replica would train its own model and only the chief's
+            # would be kept: the workers' machines would be paid for and wasted.
+            raise ValueError(f"vertex worker_replicas={workers} needs distribution auto or multi_worker, "
+                             f"not {self.distribution!r}")
         return self
 
 

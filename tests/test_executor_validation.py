@@ -39,6 +39,16 @@ def test_bad_policy_fails_in_the_executor_before_inputs_are_read(tmp_path, polic
     assert not (tmp_path / "model").exists()
 
 
+def test_vertex_executor_rejects_a_bad_policy_before_submitting_a_job(tmp_path):
+    from components.freeze_trainer.vertex_trainer import VertexExecutor
+
+    inputs, outputs = _missing_inputs(tmp_path)
+    # No project, region or credentials: reaching the job submission would fail differently.
+    with pytest.raises(PolicyError, match="malformed JSON"):
+        VertexExecutor().Do(inputs, outputs, _exec_properties('{"version": 1, "rules": ['))
+    assert not (tmp_path / "model").exists()
+
+
 def test_unknown_backbone_names_the_key():
     with pytest.raises(ConfigError, match="backbone: unknown backbone 'AlexNet'"):
         trainer_config_from_exec_properties(

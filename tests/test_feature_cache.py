@@ -2,7 +2,6 @@
 features, spilling to disk, and the plans that decide where it applies."""
 
 import json
-import os
 
 import numpy as np
 import pytest

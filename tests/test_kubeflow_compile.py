@@ -227,10 +227,40 @@ def test_vertex_custom_job_runs_this_projects_executor(vertex_compiled):
     assert json.loads(command[command.index("--exec-properties") + 1])["freeze_policy"] == exec_properties["freeze_policy"]
 
 
-def test_multi_worker_vertex_training_is_refused_until_non_chief_replicas_are_handled():
-    with pytest.raises(ValueError, match="multi-worker"):
-        CompileOptions.model_validate({**OPTIONS.model_dump(), "vertex_training": {
-            "project": "p", "region": "r", "worker_replicas": 2}})
+def test_multi_worker_vertex_training_gets_a_chief_pool_and_a_worker_pool():
+    vertex = {"project": "p", "region": "r", "accelerator_type": "NVIDIA_L4", "accelerator_count": 1,
+              "worker_replicas": 2}
+    options = CompileOptions.model_validate({**OPTIONS.model_dump(), "vertex_training": vertex})
+    chief, workers = options.vertex_training.worker_pool_specs(IMAGE)
+    assert chief["replica_count"] == 1 and workers["replica_count"] == 2
+    assert chief["machine_spec"] == workers["machine_spec"] == {
+        "machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_L4", "accelerator_count": 1}
+    assert chief["container_spec"] == workers["container_spec"] == {"image_uri": IMAGE}
+    assert chief["machine_spec"] is not workers["machine_spec"]  # TFX's Vertex client edits pools in place
+    # Single-machine strategies would leave every replica training a model of its own.
+    with pytest.raises(ValueError, match="worker_replicas=2 needs distribution"):
+        CompileOptions.model_validate({**OPTIONS.model_dump(), "distribution": "mirrored", "vertex_training": vertex})
+
+
+def test_compile_command_resource_and_worker_flags_land_in_the_spec(tmp_path):
+    output = str(tmp_path / "pipeline.yaml")
+    result = CliRunner().invoke(compile_cli.main, [
+        "--output", output, "--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+        "--data-root", "gs://b/data", "--trainer-cpu", "4", "--trainer-memory-gb", "16",
+        "--trainer-accelerator", "nvidia.com/gpu", "--trainer-accelerator-count", "2",
+        "--vertex-training-project", "p", "--vertex-accelerator", "NVIDIA_L4", "--vertex-accelerator-count", "1",
+        "--vertex-worker-replicas", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    spec = load_pipeline_spec(output)
+    resources = _container(spec, "FreezeTrainer_executor")["resources"]
+    assert resources == {"cpuLimit": 4.0, "memoryLimit": 16.0, "accelerator": {"type": "nvidia.com/gpu", "count": "2"}}
+    custom_config = json.loads(
+        spec.root.dag.tasks["FreezeTrainer"].inputs.parameters["custom_config"].runtime_value.constant.string_value
+    )
+    pools = custom_config["ai_platform_training_args"]["job_spec"]["worker_pool_specs"]
+    assert [pool["replica_count"] for pool in pools] == [1, 3]
+    assert all(pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4" for pool in pools)
 
 
 def test_compile_command_writes_both_formats(tmp_path):

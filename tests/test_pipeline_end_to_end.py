@@ -77,6 +77,14 @@ def test_exported_model_says_how_it_was_trained(demo_run):
     report = read_extra_asset(pushed, FREEZE_REPORT_ASSET)
     assert report["freeze_check_passed"] is True
     assert report["phases"][0]["changed_frozen"] == []
+    assert report["phases"][0]["feature_cache"] is True  # the whole base is frozen: the head trained on cached features
+
+
+def test_feature_cache_left_nothing_behind(demo_run):
+    output_dir, _ = demo_run
+    [model_run] = _store(output_dir).get_artifacts_by_type("ModelRun")
+    assert os.listdir(model_run.uri)  # TensorBoard logs and checkpoints stay
+    assert not os.path.exists(os.path.join(model_run.uri, "feature_cache"))
 
 
 def test_evaluator_blessed_the_model(demo_run):

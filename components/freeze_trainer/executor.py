@@ -7,13 +7,17 @@ run_fn exported with the model is copied onto the Model artifact as MLMD custom 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 from tfx import types
 from tfx.components.trainer.executor import GenericExecutor
+from tfx.components.util import udf_utils
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import json_utils, path_utils
 
+from components.freeze_trainer.distribution import is_chief
 from components.freeze_trainer.run_fn import FREEZE_REPORT_ASSET
 from components.freeze_trainer.serving_export import read_extra_asset
 from components.freeze_trainer.trainer_config import TrainerConfig
@@ -43,6 +47,13 @@ def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, 
     model_artifact.set_json_value_custom_property("freeze_phases", report["phases"])
 
 
+def record_exported_freeze_report(output_dict: dict[str, list[types.Artifact]], config: TrainerConfig) -> None:
+    """Copies the freeze report the chief exported with the model onto the Model artifact."""
+    model_artifact = artifact_utils.get_single_instance(output_dict[standard_component_specs.MODEL_KEY])
+    report = read_extra_asset(path_utils.serving_model_dir(model_artifact.uri), FREEZE_REPORT_ASSET)
+    record_freeze_report(model_artifact, config, report)
+
+
 class Executor(GenericExecutor):
     def Do(
         self,
@@ -60,8 +71,24 @@ class Executor(GenericExecutor):
         }
         if not any(exec_properties.get(key) for key in ("module_file", "module_path", "run_fn")):
             exec_properties["run_fn"] = DEFAULT_RUN_FN
+        if not is_chief():
+            self._train_as_non_chief(input_dict, output_dict, exec_properties)
+            return
         super().Do(input_dict, output_dict, exec_properties)
+        record_exported_freeze_report(output_dict, config)
 
-        model_artifact = artifact_utils.get_single_instance(output_dict[standard_component_specs.MODEL_KEY])
-        report = read_extra_asset(path_utils.serving_model_dir(model_artifact.uri), FREEZE_REPORT_ASSET)
-        record_freeze_report(model_artifact, config, report)
+    def _train_as_non_chief(self, input_dict, output_dict, exec_properties) -> None:
+        """Every replica of a multi-worker job (a Vertex CustomJob with worker pools) runs this executor, and
+        each must run run_fn because training and saving are collectives across the replicas. The Model and
+        ModelRun outputs are the chief's, though: GenericExecutor.Do would fail this replica when the model is
+        not at the shared URI (the chief exports it, maybe later), and the MLMD properties are the chief's to
+        record. So this replica trains with its outputs pointed at a scratch folder it discards, which also
+        keeps a run_fn that exports unconditionally, and what run_fn writes under model_run_dir (TensorBoard
+        logs, spilled feature caches), off the chief's URIs."""
+        self._log_startup(input_dict, output_dict, exec_properties)
+        fn_args = self._GetFnArgs(input_dict, output_dict, exec_properties)
+        with tempfile.TemporaryDirectory(prefix="non-chief-outputs-") as scratch:
+            fn_args.serving_model_dir = path_utils.serving_model_dir(scratch)
+            fn_args.eval_model_dir = path_utils.eval_model_dir(scratch)
+            fn_args.model_run_dir = os.path.join(scratch, "model_run")
+            udf_utils.get_fn(exec_properties, "run_fn")(fn_args)

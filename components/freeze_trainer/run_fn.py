@@ -44,7 +44,12 @@ def _examples(fn_args: FnArgs, files: list[str], tft_output, batch_size: int) ->
     options = tfxio.TensorFlowDatasetOptions(
         batch_size=batch_size, label_key=transformed_name(LABEL_KEY), num_epochs=1, shuffle=False
     )
-    return fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema).unbatch()
+    examples = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+    # Under MultiWorkerMirroredStrategy every worker reads the same seeded order and keeps its share of
+    # the batches: sharding by file fails whenever a split has fewer files than there are workers.
+    sharding = tf.data.Options()
+    sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return examples.unbatch().with_options(sharding)
 
 
 def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics: dict[str, float]) -> dict:
