@@ -49,7 +49,6 @@ CONFIG_FILE = "benchmark_config.json"
 
 GOAL_WALL_SECONDS = 90.0
 GOAL_PEAK_BYTES = 4e9  # "4 GB", decimal
-# Two epochs: with one, local_runner.py fails saving its phase checkpoint (no checkpoints folder yet).
 QUICK = {"sample": 200, "epochs": 2, "accuracy_floor": 0.0}
 WARMUP_IMPORTS = "import tensorflow, tensorflow_transform, tensorflow_model_analysis, tfx.components"
 _PAGE = os.sysconf("SC_PAGE_SIZE")

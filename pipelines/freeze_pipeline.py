@@ -79,6 +79,7 @@ def create_pipeline(
     training_loop: Any = None,
     distribution: Any = None,
     feature_cache: Any = None,
+    checkpoint_every_steps: Any = None,
     image_size: int = 224,
     accuracy_floor: float = 0.5,
     max_accuracy_drop: float = 0.02,
@@ -122,6 +123,7 @@ def create_pipeline(
         training_loop=training_loop,
         distribution=distribution,
         feature_cache=feature_cache,
+        checkpoint_every_steps=checkpoint_every_steps,
         base_model=model_resolver.outputs["model"] if retrain else None,
         custom_config=trainer_custom_config,
     )

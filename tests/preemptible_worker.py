@@ -1,6 +1,8 @@
-"""A deterministic two-phase training run with checkpoints, for the preemption test.
+"""A deterministic two-phase training run on shuffled data, for the preemption test: with
+`--checkpoints`, checkpointed every few steps and resumed from there. Writes a digest of the final
+weights, the freeze checks and how many steps this process trained to F as JSON.
 
-    python tests/preemptible_worker.py --loop fit|gradient_tape --checkpoints DIR --export DIR --output F
+    python tests/preemptible_worker.py --loop fit|gradient_tape [--checkpoints DIR] --export DIR --output F
 """
 
 import os
@@ -19,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.freeze_trainer.backbones import build_backbone  # noqa: E402
 from components.freeze_trainer.classifier_model import build_classifier  # noqa: E402
+from components.freeze_trainer.example_feed import ExampleFeed  # noqa: E402
 from components.freeze_trainer.fit_training import train_with_fit  # noqa: E402
 from components.freeze_trainer.freeze_plan import plan_policy  # noqa: E402
 from components.freeze_trainer.freeze_policy import policy_from_dict  # noqa: E402
@@ -32,25 +35,40 @@ POLICY = {
         {"name": "top", "epochs": 4, "rules": [{"freeze": {"base": True}}, {"unfreeze": {"group": "block_16"}}]},
     ],
 }
+EXAMPLES, BATCH_SIZE = 256, 16  # 16 steps an epoch, 64 a phase
+# Checkpoints at steps 13, 26, 39 and 52 of each phase, none at an epoch's end, and at each phase's end.
+CHECKPOINT_EVERY_STEPS = 13
+
+
+class StepCounter(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
 
 
 @click.command()
 @click.option("--loop", type=click.Choice(["fit", "gradient_tape"]), required=True)
-@click.option("--checkpoints", required=True)
+@click.option("--checkpoints", default=None)
 @click.option("--export", required=True)
 @click.option("--output", required=True)
 def main(loop, checkpoints, export, output):
     tf.keras.utils.set_random_seed(0)
     model = build_classifier(build_backbone("MobileNetV2", "none", SHAPE, 0.35), "MobileNetV2", 3, True, dropout=0.0)
-    images, labels = random_images(256)
-    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    images, labels = random_images(EXAMPLES)
+    examples = tf.data.Dataset.from_tensor_slices((images, labels))
+    feed = ExampleFeed(examples, examples.take(BATCH_SIZE), BATCH_SIZE, shuffle_seed=3)
     plans = plan_policy(policy_from_dict(POLICY), model, 1e-2, 1)
     train = train_with_fit if loop == "fit" else train_with_gradient_tape
-    checks, _ = train(model, plans, data, data.take(1), verbose=0, checkpoint_dir=checkpoints)
+    counter = StepCounter()
+    checks, _ = train(model, plans, feed, callbacks=[counter], verbose=0, checkpoint_dir=checkpoints,
+                      checkpoint_every_steps=CHECKPOINT_EVERY_STEPS)
     model.save_weights(os.path.join(export, "weights.h5"))  # stands in for the export, which comes last
     digest = hashlib.sha256(b"".join(np.asarray(v.numpy()).tobytes() for v in model.variables)).hexdigest()
     with open(output, "w") as f:
-        json.dump({"digest": digest, "checks": [check.as_dict() for check in checks]}, f)
+        json.dump({"digest": digest, "checks": [check.as_dict() for check in checks], "steps": counter.steps}, f)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from components.freeze_trainer.fit_training import train_with_fit
 from components.freeze_trainer.freeze_plan import apply_plan, plan_policy
 from components.freeze_trainer.freeze_policy import parse_policy
 from components.freeze_trainer.freeze_proof import FreezeViolation, check_phase, raise_on_violation, snapshot
-from tests.model_builders import classifier, random_images
+from tests.model_builders import classifier, random_images, tiny_classifier
 
 TWO_PHASES = {
     "version": 1,
@@ -95,3 +95,15 @@ def test_a_phase_in_which_nothing_trained_fails_the_proof():
     assert not check.passed and check.changed_frozen == ()
     with pytest.raises(FreezeViolation, match="none of its 2 trainable variables changed"):
         raise_on_violation(check)
+
+
+def test_an_epoch_of_data_of_unknown_length_is_one_pass_over_it():
+    tf.keras.utils.set_random_seed(0)
+    model = tiny_classifier()
+    images, labels = random_images(40)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).filter(lambda image, label: True).batch(16)
+    assert data.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    plans = plan_policy(parse_policy('{"version": 1, "rules": [{"freeze": {"names": ["conv_a"]}}]}'), model, 1e-2, 2)
+    checks, _ = train_with_fit(model, plans, data, data, verbose=0)
+    assert checks[0].passed
+    assert model.optimizer.iterations.numpy() == 2 * 3  # two epochs of three batches (16, 16, 8)

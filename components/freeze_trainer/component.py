@@ -34,6 +34,7 @@ TRAINING_PARAMETERS = {
     "jit_compile": ExecutionParameter(type=int, optional=True),
     "feature_cache": ExecutionParameter(type=str, optional=True),
     "feature_cache_memory_mb": ExecutionParameter(type=int, optional=True),
+    "checkpoint_every_steps": ExecutionParameter(type=int, optional=True),
 }
 
 
@@ -68,6 +69,7 @@ class FreezeTrainer(base_component.BaseComponent):
         jit_compile: Any = None,
         feature_cache: Any = None,
         feature_cache_memory_mb: Any = None,
+        checkpoint_every_steps: Any = None,
         schema: types.BaseChannel | None = None,
         base_model: types.BaseChannel | None = None,
         hyperparameters: types.BaseChannel | None = None,
@@ -103,6 +105,7 @@ class FreezeTrainer(base_component.BaseComponent):
             jit_compile=jit_compile,
             feature_cache=feature_cache,
             feature_cache_memory_mb=feature_cache_memory_mb,
+            checkpoint_every_steps=checkpoint_every_steps,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),
         )

@@ -1,13 +1,19 @@
 """Each phase's model and batches: the classifier on examples, or its head on cached base features.
 
-Every phase batches its examples afresh with the same seed, cached or not, so a head trained on cached
-features sees the same batches in the same order as one trained on images.
+Training batches are an endless stream, pass after pass over the data, that each training call builds
+afresh from a position (the batches of the phase already trained): a resumed phase sees the batches an
+uninterrupted one would have, and a head trained on cached features sees the same batches in the same
+order as one trained on images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from components.freeze_trainer.classifier_model import head_on_features
@@ -17,19 +23,51 @@ from components.freeze_trainer.freeze_plan import PhasePlan
 SHUFFLE_BUFFER = 10_000  # examples, as tfx_bsl's default record shuffle
 
 
-def training_batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches unbatched examples, shuffled with `shuffle_seed` (None keeps their order). The order
-    depends only on the seed and the position, so images and their cached features line up."""
+def endless_batches(
+    examples: tf.data.Dataset, batch_size: int, shuffle_seed: int | None, position: int
+) -> tf.data.Dataset:
+    """Pass after pass over unbatched examples, batched, from batch `position` on; each pass is shuffled
+    with `shuffle_seed` (None keeps their order). Every call builds its own shuffle, whose reshuffles
+    restart from the seed, so a batch depends only on the seed, the number of examples and its position."""
     if shuffle_seed is not None:
         examples = examples.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return examples.batch(batch_size)
+    return examples.batch(batch_size).repeat().skip(position)
+
+
+def count_elements(dataset: tf.data.Dataset) -> int:
+    """The dataset's length: its cardinality where tf.data knows it, else one pass over it."""
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("endless training data needs `steps_per_epoch`")
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
+        return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    return cardinality
 
 
 @dataclass(frozen=True)
 class PhaseData:
-    model: tf.keras.Model  # what the phase fits: the classifier, or its head over cached features
+    model: tf.keras.Model  # what the phase fits: the classifier, or its head over cached base features
+    batches: Callable[[int], tf.data.Dataset]  # p -> endless training batches from batch p of the phase on
+    eval: tf.data.Dataset | None
+
+
+@dataclass(frozen=True)
+class BatchedFeed:
+    """Batched training and evaluation datasets, the same for every phase.
+
+    A phase trains on `train.repeat()`, and a resumed one skips the batches already trained: it sees the
+    batches an uninterrupted phase would have only where `train`'s order does not depend on how often it
+    was iterated before (unshuffled data, say). Shuffled data resumes exactly through an ExampleFeed."""
+
     train: tf.data.Dataset
-    eval: tf.data.Dataset
+    eval: tf.data.Dataset | None
+
+    @cached_property
+    def epoch_batches(self) -> int:
+        return count_elements(self.train)
+
+    def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
+        return PhaseData(model, lambda position: self.train.repeat().skip(position), self.eval)
 
 
 @dataclass(frozen=True)
@@ -43,6 +81,13 @@ class ExampleFeed:
     shuffle_seed: int | None = None
     feature_cache: FeatureCache | None = None
 
+    @cached_property
+    def epoch_batches(self) -> int:
+        """Global batches in one pass over the training examples, counted over the examples rather than
+        their cached features, which under MultiWorkerMirroredStrategy hold only this worker's shard:
+        every worker must run as many steps as the others."""
+        return math.ceil(count_elements(self.train_examples) / self.batch_size)
+
     def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
         if self.feature_cache is not None and plan.caches_features:
             features = self.feature_cache.features(
@@ -51,6 +96,5 @@ class ExampleFeed:
             model, train, evaluation = head_on_features(model), features["train"], features["eval"]
         else:
             train, evaluation = self.train_examples, self.eval_examples
-        return PhaseData(
-            model, training_batches(train, self.batch_size, self.shuffle_seed), training_batches(evaluation, self.batch_size)
-        )
+        batches = partial(endless_batches, train, self.batch_size, self.shuffle_seed)
+        return PhaseData(model, batches, evaluation.batch(self.batch_size))

@@ -26,6 +26,7 @@ DEFAULT_RUN_FN = "components.freeze_trainer.run_fn.run_fn"
 CONFIG_PARAMETERS = (
     "freeze_policy", "backbone", "backbone_weights", "backbone_alpha", "epochs", "learning_rate", "batch_size",
     "training_loop", "distribution", "mixed_precision", "jit_compile", "feature_cache", "feature_cache_memory_mb",
+    "checkpoint_every_steps",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
+from components.freeze_trainer.example_feed import ExampleFeed
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
@@ -22,22 +22,23 @@ def train_with_fit(
     optimizer: LayerRateAdam | None = None,
     jit_compile: bool = False,
     checkpoint_dir: str | None = None,
+    checkpoint_every_steps: int | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, data: PhaseData, first: int, end: int, steps,
-                    extra: list):
+    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, batches: tf.data.Dataset,
+                    evaluation: tf.data.Dataset | None, first: int, end: int, steps: int, extra: list):
         # Changing `trainable` takes effect in `fit` only after a compile; the optimizer and its
         # moments carry over.
-        data.model.compile(
+        phase_model.compile(
             optimizer=phase_optimizer,
             loss=tf.keras.losses.SparseCategoricalCrossentropy(),
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=jit_compile,
         )
-        history = data.model.fit(
-            data.train.repeat() if steps else data.train,
-            validation_data=data.eval,
+        history = phase_model.fit(
+            batches,
+            validation_data=evaluation,
             initial_epoch=first,
             epochs=end,
             steps_per_epoch=steps,
@@ -46,4 +47,5 @@ def train_with_fit(
         )
         return {name: float(values[-1]) for name, values in history.history.items()}
 
-    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir)
+    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
+                      checkpoint_every_steps)

@@ -1,11 +1,13 @@
 """Proof that a phase kept its frozen variables bit-identical.
 
 Variables are identified by `v.ref()`: `var in list_of_vars` compares tensors elementwise, and two
-variables can share a name. Names are kept only to report.
+variables can share a name. Names are kept only to report. A snapshot holds a SHA-256 of each value
+rather than the value, so that a phase's start fits in a training checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,11 +41,11 @@ class FreezeCheck:
                       "unchanged_trainable": tuple(values["unchanged_trainable"])})
 
 
-Snapshot = dict  # variable ref -> (name, bytes of its value)
+Snapshot = dict  # variable ref -> (name, SHA-256 of its value's bytes)
 
 
 def snapshot(model: tf.keras.Model) -> Snapshot:
-    return {v.ref(): (v.name, np.asarray(v.numpy()).tobytes()) for v in model.variables}
+    return {v.ref(): (v.name, hashlib.sha256(np.asarray(v.numpy()).tobytes()).hexdigest()) for v in model.variables}
 
 
 def variables_allowed_to_change(model: tf.keras.Model, plan: PhasePlan) -> set:

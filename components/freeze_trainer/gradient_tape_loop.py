@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
+from components.freeze_trainer.example_feed import ExampleFeed
 from components.freeze_trainer.freeze_plan import PhasePlan
 from components.freeze_trainer.freeze_proof import FreezeCheck
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
@@ -85,58 +85,52 @@ def train_with_gradient_tape(
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
     checkpoint_dir: str | None = None,
+    checkpoint_every_steps: int | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
     strategy = strategy or tf.distribute.get_strategy()
 
-    def train_phase(plan: PhasePlan, phase_optimizer: LayerRateAdam, data: PhaseData, first: int, end_epoch: int,
-                    per_epoch, extra):
+    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, batches: tf.data.Dataset,
+                    evaluation: tf.data.Dataset | None, first: int, end_epoch: int, per_epoch: int, extra: list):
         step_optimizer = phase_optimizer
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
-        steps = _Steps(data.model, step_optimizer, strategy, jit_compile)
-        distributed_train = strategy.experimental_distribute_dataset(data.train.repeat() if per_epoch else data.train)
-        distributed_eval = strategy.experimental_distribute_dataset(data.eval)
-        # Keras' ProgbarLogger learns an unknown epoch length from `fit`'s private step counter, so
-        # the loop drives a Progbar itself.
+        steps = _Steps(phase_model, step_optimizer, strategy, jit_compile)
+        batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
+        distributed_eval = strategy.experimental_distribute_dataset(evaluation)
+        # Keras' ProgbarLogger would average the loop's running means again, as they are not the
+        # model's compiled metrics, so the loop drives a Progbar itself.
         callback_list = tf.keras.callbacks.CallbackList(
-            [*callbacks, *extra], add_history=True, add_progbar=False, model=data.model,
+            [*callbacks, *extra], add_history=True, add_progbar=False, model=phase_model,
             verbose=verbose, epochs=end_epoch, steps=per_epoch,
         )
-        data.model.stop_training = False
+        phase_model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
-        known_steps = per_epoch  # learnt from the first epoch when the data's length is unknown
         for epoch in range(first, end_epoch):
             callback_list.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{end_epoch}")
-            progress = tf.keras.utils.Progbar(known_steps, verbose=verbose, stateful_metrics=["loss", "accuracy"])
+            progress = tf.keras.utils.Progbar(per_epoch, verbose=verbose, stateful_metrics=["loss", "accuracy"])
             steps.reset()
-            iterator = iter(distributed_train)
-            step = 0
-            while per_epoch is None or step < per_epoch:
-                batch = next(iterator, None)
-                if batch is None:
-                    break
+            for step in range(per_epoch):
                 callback_list.on_train_batch_begin(step)
-                steps.train(batch)
+                steps.train(next(batch_iterator))
                 callback_list.on_train_batch_end(step, steps.results())
-                step += 1
                 if verbose == 1:
-                    progress.update(step, list(steps.results().items()))
+                    progress.update(step + 1, list(steps.results().items()))
             logs = steps.results()
             steps.reset()
             for batch in distributed_eval:
                 steps.evaluate(batch)
             logs.update(steps.results("val_"))
-            known_steps = progress.target = known_steps or step
-            progress.update(step, list(logs.items()), finalize=True)
+            progress.update(per_epoch, list(logs.items()), finalize=True)
             callback_list.on_epoch_end(epoch, logs)
-            if data.model.stop_training:
+            if phase_model.stop_training:
                 break
         callback_list.on_train_end(logs)
         return logs
 
-    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir)
+    return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
+                      checkpoint_every_steps)

@@ -1,24 +1,30 @@
 """The phase loop both training loops share: set the freeze state, train, prove the freeze held.
 
 Training data is either fixed batched datasets or an ExampleFeed, which batches each phase afresh and
-may train the head alone on cached base features; the proof always covers the whole classifier."""
+may train the head alone on cached base features; the proof always covers the whole classifier. With
+checkpoints, a rerun resumes at the phase and batch of the latest one, with the batches, weights and
+optimizer state an uninterrupted run would have had there.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import tensorflow as tf
+from absl import logging
 
-from components.freeze_trainer.example_feed import ExampleFeed, PhaseData
+from components.freeze_trainer.example_feed import BatchedFeed, ExampleFeed
 from components.freeze_trainer.freeze_plan import PhasePlan, apply_plan, policy_layers
 from components.freeze_trainer.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
 from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
 from components.freeze_trainer.tf_keras_autograph import exempt_tf_keras_from_autograph
-from components.freeze_trainer.training_checkpoints import EpochCheckpoint, TrainingCheckpoints
+from components.freeze_trainer.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
-# Trains `data.model` on `data` for epochs [first, end) of one phase, `steps` per epoch (None: the whole
-# data), with the extra callbacks; returns the last epoch's metrics.
-TrainPhase = Callable[[PhasePlan, LayerRateAdam, PhaseData, int, int, "int | None", list], dict[str, float]]
+# Trains `model` for epochs [first, end) of `steps` batches each, taken in order from the endless
+# training batches, evaluating after each epoch, with the extra callbacks; returns the last epoch's metrics.
+TrainPhase = Callable[
+    [LayerRateAdam, tf.keras.Model, tf.data.Dataset, "tf.data.Dataset | None", int, int, int, list], dict[str, float]
+]
 
 
 def variable_multipliers(model: tf.keras.Model, plan: PhasePlan) -> list[tuple[tf.Variable, float]]:
@@ -54,40 +60,63 @@ def run_phases(
     optimizer: LayerRateAdam | None = None,
     steps_per_epoch: int | None = None,
     checkpoint_dir: str | None = None,
+    checkpoint_every_steps: int | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
 
-    With `checkpoint_dir`, progress is saved after every epoch and a rerun resumes from it."""
+    An epoch is `steps_per_epoch` batches (None: one pass over the training data; a `steps` phase is one
+    epoch of that many). With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
+    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it."""
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
+    feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
     checkpoints = TrainingCheckpoints(checkpoint_dir, model, optimizer) if checkpoint_dir else None
-    resume_phase, resume_epoch, checks = checkpoints.restore() if checkpoints else (0, 0, [])
+    resumed = checkpoints.restore() if checkpoints else Progress()
+    if resumed.phase or resumed.position:
+        logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, resumed.phase, resumed.position)
+    checks = list(resumed.completed)
     epoch, metrics = 0, {}
     for index, plan in enumerate(plans):
-        end, steps = phase_length(plan, epoch, steps_per_epoch)
-        if index >= resume_phase:
-            first = max(epoch, resume_epoch) if index == resume_phase else epoch
+        end = epoch + (1 if plan.steps else plan.epochs)
+        if index >= resumed.phase:
+            position = resumed.position if index == resumed.phase else 0
+            steps = plan.steps or steps_per_epoch or feed.epoch_batches
             apply_plan(model, plan)
             optimizer.learning_rate = plan.learning_rate
             optimizer.set_multipliers(variable_multipliers(model, plan))
-            before = snapshot(model)
-            extra = [EpochCheckpoint(checkpoints, index, end)] if checkpoints else []
-            if isinstance(train_data, ExampleFeed):
-                data = train_data.phase_data(model, plan)
-            else:
-                data = PhaseData(model, train_data, eval_data)
-            metrics = train_phase(plan, optimizer, data, first, end, steps, extra)
+            # Restored weights already hold the batches trained before the checkpoint: a phase resumed
+            # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
+            before = resumed.phase_start if position else snapshot(model)
+            extra = []
+            if checkpoints:
+                progress = Progress(index, position, before, tuple(checks))
+                extra = [PhaseCheckpoint(checkpoints, progress, (end - epoch) * steps, checkpoint_every_steps or steps)]
+            data = feed.phase_data(model, plan)
+            for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position):
+                metrics = train_phase(
+                    optimizer, data.model, data.batches(start), data.eval, first, last, per_epoch, extra
+                )
+                if data.model.stop_training:  # an early stop ends the phase, as within one call
+                    break
             check = check_phase(model, plan, before)
             checks.append(check)
             raise_on_violation(check)
             if checkpoints:
-                checkpoints.save(index + 1, end, checks)
+                checkpoints.save(Progress(index + 1, 0, {}, tuple(checks)))
         epoch = end
     return checks, metrics
 
 
-def phase_length(plan: PhasePlan, start_epoch: int, steps_per_epoch: int | None) -> tuple[int, int | None]:
-    """The epoch a phase ends at and its steps per epoch: a `steps` phase is one epoch of that many steps."""
-    if plan.steps:
-        return start_epoch + 1, plan.steps
-    return start_epoch + plan.epochs, steps_per_epoch
+def remaining_epochs(first: int, end: int, steps: int, position: int) -> list[tuple[int, int, int, int]]:
+    """The training calls for epochs [first, end) of `steps` batches from batch `position` of the phase
+    on, as (first epoch, end epoch, steps per epoch, position): the rest of an interrupted epoch is a
+    call of its own, since `fit` takes one number of steps for all its epochs."""
+    epochs_done, steps_done = divmod(position, steps)
+    first += epochs_done
+    calls = []
+    if steps_done:
+        calls.append((first, first + 1, steps - steps_done, position))
+        first, position = first + 1, position + steps - steps_done
+    if first < end:
+        calls.append((first, end, steps, position))
+    return calls

@@ -117,6 +117,7 @@ def run_fn(fn_args: FnArgs) -> None:
             # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. Workers
             # of a multi-worker job would each need the chief's checkpoints: not supported yet.
             checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints") if cluster_workers() <= 1 else None,
+            checkpoint_every_steps=config.checkpoint_every_steps,
         )
     report = freeze_report(config, plans, checks, metrics)
     logging.info("Freeze check passed for every phase: %s", report["phases"])

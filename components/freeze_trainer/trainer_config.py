@@ -41,6 +41,9 @@ class TrainerConfig(BaseModel):
         "auto", description="`auto` trains the head on cached base features in phases whose whole base is frozen."
     )
     feature_cache_memory_mb: PositiveInt = Field(1024, description="Cached features beyond this go to disk.")
+    checkpoint_every_steps: PositiveInt | None = Field(
+        None, description="Save a training checkpoint every N steps of a phase; unset: at every epoch's end."
+    )
 
     @field_validator("backbone")
     @classmethod

@@ -1,61 +1,88 @@
-"""Epoch-end training checkpoints, so a preempted trainer resumes where it stopped.
+"""Training checkpoints, so a preempted trainer resumes at the batch its last checkpoint was saved at.
 
-`tf.train.CheckpointManager` keeps the model, the optimizer (moments and step count) and the position
-in the plan: the phase index and the next epoch. Phases already completed are not rerun; their freeze
-checks are kept beside the checkpoints. Each save is atomic, so a kill at any moment leaves the last
-complete checkpoint.
+`tf.train.CheckpointManager` keeps the last few checkpoints of the model, the optimizer (moments and
+step count) and the progress through the plan: the phase to train, the batches of it already trained,
+the snapshot its freeze check compares against, and the checks of the phases already completed. All of
+it is one checkpoint, and each save is atomic, so a kill at any moment leaves the last complete one.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass, field, replace
 
 import tensorflow as tf
 
-from components.freeze_trainer.freeze_proof import FreezeCheck
+from components.freeze_trainer.freeze_proof import FreezeCheck, Snapshot
+
+CHECKPOINTS_KEPT = 3
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: int = 0  # index of the phase to train next
+    position: int = 0  # batches of that phase already trained
+    phase_start: Snapshot = field(default_factory=dict)  # the phase's start when `position` > 0
+    completed: tuple[FreezeCheck, ...] = ()  # the checks of the phases before it
+
+
+class _ProgressState(tf.train.experimental.PythonState):
+    """Progress as an entry of the checkpoint; its snapshot is stored in `model.variables` order."""
+
+    def __init__(self, model: tf.keras.Model):
+        self.model = model
+        self.progress = Progress()
+
+    def serialize(self) -> str:
+        return json.dumps({
+            "phase": self.progress.phase,
+            "position": self.progress.position,
+            "phase_start": list(self.progress.phase_start.values()),
+            "completed": [check.as_dict() for check in self.progress.completed],
+        })
+
+    def deserialize(self, string_value) -> None:
+        values = json.loads(string_value)
+        start = values["phase_start"]
+        self.progress = Progress(
+            values["phase"],
+            values["position"],
+            {v.ref(): tuple(entry) for v, entry in zip(self.model.variables, start, strict=True)} if start else {},
+            tuple(FreezeCheck.from_dict(check) for check in values["completed"]),
+        )
 
 
 class TrainingCheckpoints:
     def __init__(self, directory: str, model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer):
-        self.directory = directory
-        self.phase = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, phase=self.phase, epoch=self.epoch)
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-        self._checks_path = os.path.join(directory, "completed_phases.json")
+        self._state = _ProgressState(model)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=self._state)
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=CHECKPOINTS_KEPT)
 
-    def restore(self) -> tuple[int, int, list[FreezeCheck]]:
-        """The phase index and epoch to resume at, and the checks of the phases already completed."""
+    def restore(self) -> Progress:
+        """Restores the model and optimizer from the latest checkpoint and returns its progress (with no
+        checkpoint, the start)."""
         if self.manager.latest_checkpoint is None:
-            return 0, 0, []
+            return Progress()
         self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        checks = []
-        if tf.io.gfile.exists(self._checks_path):
-            with tf.io.gfile.GFile(self._checks_path) as f:
-                checks = [FreezeCheck.from_dict(values) for values in json.load(f)]
-        return int(self.phase.numpy()), int(self.epoch.numpy()), checks[: int(self.phase.numpy())]
+        return self._state.progress
 
-    def save(self, phase_index: int, next_epoch: int, completed: list[FreezeCheck] | None = None) -> None:
-        if completed is not None:
-            with tf.io.gfile.GFile(self._checks_path + ".tmp", "w") as f:
-                json.dump([check.as_dict() for check in completed], f)
-            tf.io.gfile.rename(self._checks_path + ".tmp", self._checks_path, overwrite=True)
-        self.phase.assign(phase_index)
-        self.epoch.assign(next_epoch)
+    def save(self, progress: Progress) -> None:
+        self._state.progress = progress
         self.manager.save()
 
 
-class EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Saves after every epoch of phase `phase_index` but its last; works under `fit` and the tape loop.
+class PhaseCheckpoint(tf.keras.callbacks.Callback):
+    """Saves every `every` batches of one phase but at its end; works under `fit` and the tape loop.
 
-    The last epoch is saved with the phase's freeze check instead: a checkpoint at the phase's end
-    without its check would resume into a phase with nothing left to train and nothing to prove."""
+    It counts batches itself: `fit` numbers them from 0 in every epoch and every call. The phase's end is
+    saved with its freeze check instead: a checkpoint there without the check would resume into a phase
+    with nothing left to train and nothing to prove."""
 
-    def __init__(self, checkpoints: TrainingCheckpoints, phase_index: int, end_epoch: int):
+    def __init__(self, checkpoints: TrainingCheckpoints, progress: Progress, phase_batches: int, every: int):
         super().__init__()
-        self.checkpoints, self.phase_index, self.end_epoch = checkpoints, phase_index, end_epoch
+        self.checkpoints, self.progress, self.phase_batches, self.every = checkpoints, progress, phase_batches, every
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 < self.end_epoch:
-            self.checkpoints.save(self.phase_index, epoch + 1)
+    def on_train_batch_end(self, batch, logs=None):
+        self.progress = replace(self.progress, position=self.progress.position + 1)
+        if self.progress.position % self.every == 0 and self.progress.position < self.phase_batches:
+            self.checkpoints.save(self.progress)
