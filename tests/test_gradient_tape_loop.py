@@ -26,14 +26,14 @@ POLICY = {
 RTOL = 1e-5
 
 
-def _train(loop, policy=POLICY, **kwargs):
+def _train(loop, policy=POLICY, evaluate=True, **kwargs):
     tf.keras.utils.set_random_seed(7)
     backbone = build_backbone("MobileNetV2", "none", SHAPE, alpha=0.35)
     model = build_classifier(backbone, "MobileNetV2", 3, bn_inference_mode=True, dropout=0.0)
     images, labels = random_images(48)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     plans = plan_policy(parse_policy(json.dumps(policy)), model, 1e-2, 1)
-    checks, metrics = loop(model, plans, data, data, verbose=0, **kwargs)
+    checks, metrics = loop(model, plans, data, data if evaluate else None, verbose=0, **kwargs)
     return model, checks, metrics
 
 
@@ -79,4 +79,12 @@ def test_keras_callbacks_run_in_the_tape_loop(tmp_path):
     assert log.epochs == [0, 1] and stopper.stopped_epoch == 1
     assert set(log.logs[-1]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert list((tmp_path / "logs" / "train").iterdir())
+    assert checks[0].passed
+
+
+@pytest.mark.parametrize("loop", [train_with_fit, train_with_gradient_tape])
+def test_both_loops_train_without_evaluation_data(loop):
+    policy = {"version": 1, "phases": [{"name": "head", "epochs": 1, "rules": [{"freeze": {"base": True}}]}]}
+    _, checks, metrics = _train(loop, policy=policy, evaluate=False)
+    assert set(metrics) == {"loss", "accuracy"}
     assert checks[0].passed

@@ -98,7 +98,7 @@ def train_with_gradient_tape(
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
         steps = _Steps(phase_model, step_optimizer, strategy, jit_compile)
         batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
-        distributed_eval = strategy.experimental_distribute_dataset(evaluation)
+        distributed_eval = strategy.experimental_distribute_dataset(evaluation) if evaluation is not None else None
         # Keras' ProgbarLogger would average the loop's running means again, as they are not the
         # model's compiled metrics, so the loop drives a Progbar itself.
         callback_list = tf.keras.callbacks.CallbackList(
@@ -121,10 +121,11 @@ def train_with_gradient_tape(
                 if verbose == 1:
                     progress.update(step + 1, list(steps.results().items()))
             logs = steps.results()
-            steps.reset()
-            for batch in distributed_eval:
-                steps.evaluate(batch)
-            logs.update(steps.results("val_"))
+            if distributed_eval is not None:
+                steps.reset()
+                for batch in distributed_eval:
+                    steps.evaluate(batch)
+                logs.update(steps.results("val_"))
             progress.update(per_epoch, list(logs.items()), finalize=True)
             callback_list.on_epoch_end(epoch, logs)
             if phase_model.stop_training:
