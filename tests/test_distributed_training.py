@@ -3,23 +3,14 @@ MultiWorkerMirroredStrategy across two processes talking over loopback."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.loopback import free_ports
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _worker(loop, strategy, output, env=None):
@@ -47,7 +38,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path, loop):
 
 @pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
 def test_multi_worker_mirrored_strategy_across_two_processes(tmp_path, loop):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = [
         _worker(loop, "multi_worker", tmp_path / f"worker{index}.json",

@@ -9,7 +9,6 @@ replica: one chief, one worker, training together under MultiWorkerMirroredStrat
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -25,6 +24,7 @@ from components.freeze_trainer.serving_export import MODEL_VARIABLES, read_extra
 from kubeflow.pipeline_definition import CompileOptions, compile_pipeline
 from tests.conftest import REPO_ROOT
 from tests.kfp_task_launch import build_task_launch, load_pipeline_spec, mlmd_store
+from tests.loopback import free_ports
 
 ROLES = ("chief", "worker")  # Vertex's TF_CONFIG task types of worker pools 0 and 1
 # A backbone with few variables keeps the collectives few: on two cores the job takes about 80 s with
@@ -39,16 +39,6 @@ POLICY = {
         {"name": "top", "epochs": 1, "rules": [{"freeze": {"base": True}}, {"unfreeze": {"group": "block5"}}]},
     ],
 }
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _vertex_executor_arguments(launch):
@@ -107,7 +97,7 @@ def vertex_job(demo_run, tmp_path_factory):
     job = _vertex_custom_job(inputs, outputs, exec_properties)
     pools = job["job_spec"]["worker_pool_specs"]
 
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(len(pools))]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(len(pools))]
     cluster = {role: [address] for role, address in zip(ROLES, addresses)}
     processes = {}
     for role, pool in zip(ROLES, pools):

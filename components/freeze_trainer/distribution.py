@@ -10,8 +10,12 @@ import tensorflow as tf
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
+def _tf_config() -> dict:
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
 def _cluster() -> dict:
-    return json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return _tf_config().get("cluster", {})
 
 
 def cluster_workers() -> int:
@@ -38,7 +42,7 @@ def choose_strategy(kind: str = "auto") -> tf.distribute.Strategy:
 
 def worker_shard() -> tuple[int, int]:
     """(number of workers, this worker's index) in MultiWorkerMirroredStrategy's order: the chief first."""
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    task = _tf_config().get("task", {})
     if cluster_workers() <= 1 or not task:
         return 1, 0
     chiefs = len(_cluster().get("chief", [])) + len(_cluster().get("master", []))
@@ -48,7 +52,7 @@ def worker_shard() -> tuple[int, int]:
 
 def is_chief() -> bool:
     """The process that exports: TF_CONFIG's chief (or master), or worker 0 when there is none."""
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    task = _tf_config().get("task", {})
     if not task or cluster_workers() <= 1:
         return True
     has_chief = bool(_cluster().get("chief") or _cluster().get("master"))
