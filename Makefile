@@ -13,7 +13,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
-	$(PYTHON) -m uv sync --frozen --extra test --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	$(PYTHON) -m uv sync --frozen --all-extras --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
 	touch $@
 
 run: env  ## the local demo pipeline on the embedded digits, ending with a pushed model

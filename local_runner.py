@@ -7,22 +7,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
+import click
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import click  # noqa: E402
-
-from components.freeze_trainer.backbones import BackboneError  # noqa: E402
-from components.freeze_trainer.freeze_plan import plan_for_config  # noqa: E402
-from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, PolicyError, read_policy_source  # noqa: E402
-from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig  # noqa: E402
-from pipelines.digits_data import write_digits_examples  # noqa: E402
-from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path  # noqa: E402
+import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
+from freeze_trainer.keras.backbones import BackboneError
+from freeze_trainer.policy import PolicyError, read_policy_source
+from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
+from freeze_trainer.tfx.trainer_model import plan_for_config
+from pipelines.digits_data import write_digits_examples
+from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 PIPELINE_NAME = "freeze-trainer-demo"
@@ -41,21 +40,8 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
 @click.command()
 @click.option("--output-dir", default=os.path.join(REPO_ROOT, "runs"), show_default=True,
               help="Pipeline root, ML Metadata store, data and pushed models go here.")
-@click.option("--freeze-policy", "freeze_policy", default=FROZEN_BASE_POLICY.canonical_json(), show_default=True,
-              help="A JSON/YAML policy file or inline JSON.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-2, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--backbone", default="MobileNetV2", show_default=True)
-@click.option("--backbone-weights", default=DEFAULT_BACKBONE_PATH, show_default=True,
-              help="imagenet, none, a weights file or a .keras backbone (local path or URI).")
-@click.option("--backbone-alpha", type=float, default=None, help="Width multiplier of MobileNet backbones.")
+@trainer_parameter_options(defaults={"backbone_weights": DEFAULT_BACKBONE_PATH})
 @click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
-@click.option("--training-loop", type=click.Choice(["fit", "gradient_tape"]), default="fit", show_default=True)
-@click.option("--distribution", type=click.Choice(["auto", "one_device", "mirrored", "multi_worker"]), default="auto",
-              show_default=True, help="The tf.distribute strategy; auto picks from TF_CONFIG and the local GPUs.")
-@click.option("--feature-cache", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
-              help="auto: phases whose whole base is frozen train the head on base features computed once.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
@@ -63,13 +49,10 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
 @click.option("--retrain", is_flag=True,
               help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
-def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone, backbone_weights, backbone_alpha,
-         image_size, training_loop, distribution, feature_cache, data_root, sample, accuracy_floor, retrain):
-    policy_text = read_policy_source(freeze_policy)
-    config = validated_config(freeze_policy=policy_text, epochs=epochs, learning_rate=learning_rate,
-                              batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
-                              backbone_alpha=backbone_alpha, image_size=image_size, training_loop=training_loop,
-                              distribution=distribution, feature_cache=feature_cache)
+def main(output_dir, image_size, data_root, sample, accuracy_floor, retrain, **kwargs):
+    parameters = pop_trainer_parameters(kwargs)
+    parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
+    config = validated_config(image_size, **parameters)
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -85,16 +68,7 @@ def main(output_dir, freeze_policy, epochs, learning_rate, batch_size, backbone,
         pipeline_root=os.path.join(output_dir, "pipeline_root"),
         data_root=data_root,
         serving_dir=os.path.join(output_dir, "serving"),
-        freeze_policy=config.freeze_policy.canonical_json(),
-        backbone=config.backbone,
-        backbone_weights=config.backbone_weights,
-        backbone_alpha=backbone_alpha,
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        training_loop=config.training_loop,
-        distribution=config.distribution,
-        feature_cache=config.feature_cache,
+        **config.parameter_values(),
         image_size=image_size,
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),

@@ -22,13 +22,13 @@ from dataclasses import dataclass  # noqa: E402
 import click  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from components.freeze_trainer.backbones import build_backbone  # noqa: E402
-from components.freeze_trainer.classifier_model import build_classifier  # noqa: E402
-from components.freeze_trainer.fit_training import train_with_fit  # noqa: E402
-from components.freeze_trainer.freeze_plan import plan_policy  # noqa: E402
-from components.freeze_trainer.freeze_policy import policy_from_dict  # noqa: E402
-from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
-from components.freeze_trainer.tf_keras_autograph import exempt_tf_keras_from_autograph  # noqa: E402
+from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
+from freeze_trainer.keras.classifier_model import build_classifier  # noqa: E402
+from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
+from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
+from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph  # noqa: E402
 
 FROZEN = [{"freeze": {"base": True}}]
 FULL = [{"unfreeze": {"base": True}}]

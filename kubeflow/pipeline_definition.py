@@ -1,39 +1,38 @@
 """The freeze-policy pipeline as Kubeflow Pipelines v2 and Vertex AI run it.
 
 It is `pipelines.freeze_pipeline.create_pipeline`, the factory the local runner uses, called with TFX
-`RuntimeParameter`s in place of the values a run may change: the policy, the training loop and knobs,
-the backbone weights and the data root. Each becomes a pipeline parameter of the compiled spec with its
-default, so a Vertex or KFP run changes the policy without recompiling.
+`RuntimeParameter`s in place of the values a run may change: every trainer parameter the parameter table
+marks `per_run` (`freeze_trainer.tfx.trainer_config`), and the data root. Each becomes a pipeline
+parameter of the compiled spec with its default, so a Vertex or KFP run changes the policy, the epochs,
+the loop, ... without recompiling.
 
 `freeze_policy` is the whole policy as one JSON string because TFX substitutes RuntimeParameters only in
 top-level execution parameters, never inside `custom_config`.
 
 What a run cannot change is fixed here at compile time: the image, the pipeline root, the serving
-directory, the image size (Transform's custom_config), the trainer's node resources and the Vertex job's
-worker pools. Resources cannot be pipeline parameters: in `kfp-pipeline-spec` 0.2.2 (kfp 2.5.0 pins it;
-TFX 1.16 asks for >=0.2.2) the container `ResourceSpec` has `cpu_limit`, `memory_limit`, `cpu_request`,
-`memory_request` as doubles and `accelerator.count` as int64, with no field for a parameter placeholder,
-and TFX 1.16's compiler (`kubeflow/v2/step_builder.py`) copies the node's `ResourceSpec` into the spec
-as it is. Compile one spec per resource profile instead.
+directory, the image size (Transform's custom_config), the table's compile-time parameters (backbone,
+backbone_alpha, distribution), the trainer's node resources and the Vertex job's worker pools. Resources
+cannot be pipeline parameters: in `kfp-pipeline-spec` 0.2.2 (kfp 2.5.0 pins it; TFX 1.16 asks for
+>=0.2.2) the container `ResourceSpec` has `cpu_limit`, `memory_limit`, `cpu_request`, `memory_request` as
+doubles and `accelerator.count` as int64, with no field for a parameter placeholder, and TFX 1.16's
+compiler (`kubeflow/v2/step_builder.py`) copies the node's `ResourceSpec` into the spec as it is. Compile
+one spec per resource profile instead.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
+import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-from typing import Any, Literal  # noqa: E402
-
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator  # noqa: E402
-
-from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, parse_policy  # noqa: E402
-from components.freeze_trainer.trainer_config import TrainerConfig  # noqa: E402
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, TrainerConfig
 
 TRAINER_NODE_ID = "FreezeTrainer"
-# The pipeline parameters of every compiled spec, with their types.
-PARAMETER_TYPES = {"freeze_policy": str, "training_loop": str, "epochs": int, "learning_rate": float,
-                   "batch_size": int, "backbone_weights": str, "data_root": str}
+# The pipeline parameters of every compiled spec, with their types: the data root and the per-run trainer
+# parameters of the table.
+PARAMETER_TYPES = {"data_root": str, **{p.name: p.pipeline_type for p in TRAINER_PARAMETERS if p.per_run}}
 PARAMETER_NAMES = tuple(PARAMETER_TYPES)
 
 
@@ -124,18 +123,10 @@ class CompileOptions(_Options):
     pipeline_root: str = Field(..., min_length=1)
     serving_dir: str = Field(..., min_length=1, description="The Pusher's filesystem destination")
     pipeline_name: str = "freeze-trainer"
-    # Defaults of the pipeline parameters.
-    data_root: str = Field(..., min_length=1)
-    freeze_policy: str = FROZEN_BASE_POLICY.canonical_json()
-    training_loop: Literal["fit", "gradient_tape"] = "fit"
-    epochs: PositiveInt = 10
-    learning_rate: PositiveFloat = 1e-2
-    batch_size: PositiveInt = 32
-    backbone_weights: str = "imagenet"
-    # Fixed at compile time.
-    backbone: str = "MobileNetV2"
-    backbone_alpha: PositiveFloat | None = None
-    distribution: str | None = Field(None, description="tf.distribute choice; None: the trainer's default (auto)")
+    data_root: str = Field(..., min_length=1, description="Default of the data_root pipeline parameter")
+    # The trainer's parameters: defaults of the per-run ones, values of the compile-time ones. Keyword
+    # arguments named like the table's parameters (epochs=3, ...) are collected into it.
+    trainer: TrainerConfig = TrainerConfig()
     image_size: PositiveInt = 224
     accuracy_floor: float = Field(0.5, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(0.02, ge=0.0)
@@ -145,58 +136,59 @@ class CompileOptions(_Options):
     trainer_resources: TrainerResources = TrainerResources()
     vertex_training: VertexTraining | None = None
 
-    @field_validator("freeze_policy")
+    @model_validator(mode="before")
     @classmethod
-    def _canonical_policy(cls, text: str) -> str:
-        # One line of canonical JSON: the compiled spec's default, and the YAML header comment TFX writes.
-        return parse_policy(text).canonical_json()
+    def _collect_trainer_parameters(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not set(values) & set(TRAINER_PARAMETER_NAMES):
+            return values
+        rest = {key: value for key, value in values.items() if key not in TRAINER_PARAMETER_NAMES}
+        # The executor's own validation: a bad default fails at compile time, naming the parameter.
+        rest["trainer"] = TrainerConfig.from_parameters(**{
+            **dict(values.get("trainer") or {}), **{key: values[key] for key in TRAINER_PARAMETER_NAMES if key in values}
+        })
+        return rest
 
     @model_validator(mode="after")
-    def _defaults_are_valid(self) -> CompileOptions:
-        # The same validation the executor applies at run time: a bad default fails at compile time.
-        TrainerConfig.from_parameters(
-            freeze_policy=self.freeze_policy, backbone=self.backbone, backbone_weights=self.backbone_weights,
-            backbone_alpha=self.backbone_alpha, epochs=self.epochs, learning_rate=self.learning_rate,
-            batch_size=self.batch_size, training_loop=self.training_loop, distribution=self.distribution,
-        )
+    def _workers_need_multi_worker(self) -> CompileOptions:
         workers = self.vertex_training.worker_replicas if self.vertex_training else 0
-        if workers and self.distribution not in (None, "auto", "multi_worker"):
+        if workers and self.trainer.distribution not in ("auto", "multi_worker"):
             # Under a single-machine strategy each replica would train its own model and only the chief's
             # would be kept: the workers' machines would be paid for and wasted.
             raise ValueError(f"vertex worker_replicas={workers} needs distribution auto or multi_worker, "
-                             f"not {self.distribution!r}")
+                             f"not {self.trainer.distribution!r}")
         return self
+
+
+def parameter_defaults(options: CompileOptions) -> dict[str, Any]:
+    values = {"data_root": options.data_root, **options.trainer.parameter_values()}
+    return {name: values[name] for name in PARAMETER_NAMES}
 
 
 def runtime_parameters(options: CompileOptions) -> dict:
     from tfx.orchestration import data_types
 
     return {
-        name: data_types.RuntimeParameter(name=name, ptype=ptype, default=getattr(options, name))
-        for name, ptype in PARAMETER_TYPES.items()
+        name: data_types.RuntimeParameter(name=name, ptype=PARAMETER_TYPES[name], default=default)
+        for name, default in parameter_defaults(options).items()
     }
 
 
 def build_pipeline(options: CompileOptions):
     """The TFX pipeline object KubeflowV2DagRunner compiles."""
-    from components.freeze_trainer.component import FreezeTrainer
+    from freeze_trainer import FreezeTrainer
     from pipelines.freeze_pipeline import create_pipeline
 
     trainer_class, trainer_custom_config = FreezeTrainer, None
     if options.vertex_training is not None:
-        from components.freeze_trainer.vertex_trainer import VertexFreezeTrainer
+        from freeze_trainer.tfx.vertex_trainer import VertexFreezeTrainer
 
         trainer_class = VertexFreezeTrainer
         trainer_custom_config = options.vertex_training.custom_config(options.image)
 
-    parameters = runtime_parameters(options)
     pipeline = create_pipeline(
         pipeline_name=options.pipeline_name,
         pipeline_root=options.pipeline_root,
         serving_dir=options.serving_dir,
-        backbone=options.backbone,
-        backbone_alpha=options.backbone_alpha,
-        distribution=options.distribution,
         image_size=options.image_size,
         accuracy_floor=options.accuracy_floor,
         max_accuracy_drop=options.max_accuracy_drop,
@@ -205,7 +197,8 @@ def build_pipeline(options: CompileOptions):
         retrain=options.retrain,
         trainer_class=trainer_class,
         trainer_custom_config=trainer_custom_config,
-        **parameters,
+        # Compile-time parameters as values, per-run ones (and data_root) as RuntimeParameters.
+        **{**options.trainer.parameter_values(), **runtime_parameters(options)},
     )
     resources = options.trainer_resources.resource_spec()
     if resources is not None:
@@ -216,10 +209,6 @@ def build_pipeline(options: CompileOptions):
 def trainer_node(pipeline):
     (trainer,) = [node for node in pipeline.components if node.id == TRAINER_NODE_ID]
     return trainer
-
-
-def parameter_defaults(options: CompileOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in PARAMETER_NAMES}
 
 
 def compile_pipeline(options: CompileOptions, output_path: str) -> dict:

@@ -16,16 +16,16 @@ before anything is submitted.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import click
 import yaml
 
-from components.freeze_trainer.freeze_policy import PolicyError, parse_policy
-from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig
+import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
-_TRAINER_PARAMETERS = ("freeze_policy", "training_loop", "epochs", "learning_rate", "batch_size", "backbone_weights")
+from freeze_trainer.policy import PolicyError, parse_policy, read_policy_source
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, ConfigError, TrainerConfig
+
 _PARAMETER_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
 
 
@@ -60,7 +60,7 @@ def parameter_values(path: str, overrides: dict[str, str]) -> dict[str, object]:
     # The trainer's own validation, on the values the run will see (overrides over compiled defaults).
     effective = {name: parameter.get("defaultValue") for name, parameter in declared.items()} | values
     try:
-        TrainerConfig.from_parameters(**{key: effective.get(key) for key in _TRAINER_PARAMETERS})
+        TrainerConfig.from_parameters(**{key: effective.get(key) for key in TRAINER_PARAMETER_NAMES})
     except (PolicyError, ConfigError) as err:
         raise click.BadParameter(str(err)) from None
     return values
@@ -124,7 +124,7 @@ def _overrides(params: tuple[str, ...], freeze_policy: str | None) -> dict[str, 
             raise click.BadParameter(f"{item!r}: use NAME=VALUE")
         result[name] = value
     if freeze_policy is not None:
-        result["freeze_policy"] = open(freeze_policy).read() if os.path.isfile(freeze_policy) else freeze_policy
+        result["freeze_policy"] = read_policy_source(freeze_policy)
     return result
 
 

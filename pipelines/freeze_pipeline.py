@@ -20,10 +20,10 @@ from tfx.orchestration import pipeline
 from tfx.proto import pusher_pb2
 from tfx.types import Channel, standard_artifacts
 
-from components.freeze_trainer.component import FreezeTrainer
-from components.freeze_trainer.image_transform import LABEL_KEY, transformed_name
+from freeze_trainer import FreezeTrainer
+from freeze_trainer.tfx.image_transform import LABEL_KEY, transformed_name
 
-PREPROCESSING_FN = "components.freeze_trainer.image_transform.preprocessing_fn"
+PREPROCESSING_FN = "freeze_trainer.tfx.image_transform.preprocessing_fn"
 
 # `tfx.v1` is not imported: it pulls in the Vertex and Kubeflow clients, 20 s of start-up on 2 cores.
 
@@ -69,17 +69,6 @@ def create_pipeline(
     pipeline_root: str,
     data_root: Any,
     serving_dir: str,
-    freeze_policy: Any,
-    backbone: Any = "MobileNetV2",
-    backbone_weights: Any = "imagenet",
-    backbone_alpha: Any = None,
-    epochs: Any = None,
-    learning_rate: Any = None,
-    batch_size: Any = None,
-    training_loop: Any = None,
-    distribution: Any = None,
-    feature_cache: Any = None,
-    checkpoint_every_steps: Any = None,
     image_size: int = 224,
     accuracy_floor: float = 0.5,
     max_accuracy_drop: float = 0.02,
@@ -89,9 +78,12 @@ def create_pipeline(
     retrain: bool = False,
     trainer_class: type[FreezeTrainer] = FreezeTrainer,
     trainer_custom_config: dict | None = None,
+    **trainer_parameters: Any,
 ) -> pipeline.Pipeline:
-    """`trainer_class` and `trainer_custom_config` let a runner swap in a FreezeTrainer subclass, e.g. the
-    Vertex custom-job trainer of `components.freeze_trainer.vertex_trainer`, with its job arguments."""
+    """`trainer_parameters` are FreezeTrainer's (the parameter table: `freeze_policy`, `epochs`, ...), values
+    or RuntimeParameters. `trainer_class` and `trainer_custom_config` let a runner swap in a FreezeTrainer
+    subclass, e.g. the Vertex custom-job trainer of `freeze_trainer.tfx.vertex_trainer`, with its job
+    arguments."""
     example_gen = ImportExampleGen(input_base=data_root)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
@@ -113,17 +105,7 @@ def create_pipeline(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        freeze_policy=freeze_policy,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        backbone_alpha=backbone_alpha,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        training_loop=training_loop,
-        distribution=distribution,
-        feature_cache=feature_cache,
-        checkpoint_every_steps=checkpoint_every_steps,
+        **trainer_parameters,
         base_model=model_resolver.outputs["model"] if retrain else None,
         custom_config=trainer_custom_config,
     )

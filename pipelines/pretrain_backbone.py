@@ -20,12 +20,12 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from components.freeze_trainer.backbones import build_backbone  # noqa: E402
-from components.freeze_trainer.classifier_model import build_classifier  # noqa: E402
-from components.freeze_trainer.fit_training import train_with_fit  # noqa: E402
-from components.freeze_trainer.freeze_plan import plan_policy  # noqa: E402
-from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy  # noqa: E402
-from components.freeze_trainer.image_transform import decode_images  # noqa: E402
+from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
+from freeze_trainer.keras.classifier_model import build_classifier  # noqa: E402
+from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy  # noqa: E402
+from freeze_trainer.tfx.image_transform import decode_images  # noqa: E402
 from pipelines.digits_data import SOURCE_DIGITS, TARGET_DIGITS, load_digit_pngs  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

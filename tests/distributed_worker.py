@@ -23,14 +23,14 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.freeze_trainer.distribution import choose_strategy, is_chief  # noqa: E402
-from components.freeze_trainer.example_feed import ExampleFeed  # noqa: E402
-from components.freeze_trainer.feature_cache import FeatureCache  # noqa: E402
-from components.freeze_trainer.fit_training import train_with_fit  # noqa: E402
-from components.freeze_trainer.freeze_plan import plan_policy  # noqa: E402
-from components.freeze_trainer.freeze_policy import policy_from_dict  # noqa: E402
-from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
-from components.freeze_trainer.phase_runner import build_phase_optimizer  # noqa: E402
+from freeze_trainer.keras.distribution import choose_strategy, is_chief  # noqa: E402
+from freeze_trainer.keras.example_feed import ExampleFeed  # noqa: E402
+from freeze_trainer.keras.feature_cache import FeatureCache  # noqa: E402
+from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
+from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
+from freeze_trainer.keras.phase_runner import build_phase_optimizer  # noqa: E402
 from tests.model_builders import classifier, random_images  # noqa: E402
 
 POLICY = {

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from components.freeze_trainer.backbones import build_backbone
-from components.freeze_trainer.classifier_model import build_classifier
+from freeze_trainer.keras.backbones import build_backbone
+from freeze_trainer.keras.classifier_model import build_classifier
 
 SHAPE = (32, 32, 3)
 

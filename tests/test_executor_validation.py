@@ -3,9 +3,9 @@
 import pytest
 from tfx.types import standard_artifacts
 
-from components.freeze_trainer.executor import Executor, trainer_config_from_exec_properties
-from components.freeze_trainer.freeze_policy import PolicyError
-from components.freeze_trainer.trainer_config import ConfigError
+from freeze_trainer.tfx.executor import Executor, trainer_config_from_exec_properties
+from freeze_trainer.policy.freeze_policy import PolicyError
+from freeze_trainer.tfx.trainer_config import ConfigError
 
 
 def _exec_properties(policy: str, **overrides):
@@ -40,7 +40,7 @@ def test_bad_policy_fails_in_the_executor_before_inputs_are_read(tmp_path, polic
 
 
 def test_vertex_executor_rejects_a_bad_policy_before_submitting_a_job(tmp_path):
-    from components.freeze_trainer.vertex_trainer import VertexExecutor
+    from freeze_trainer.tfx.vertex_trainer import VertexExecutor
 
     inputs, outputs = _missing_inputs(tmp_path)
     # No project, region or credentials: reaching the job submission would fail differently.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from components.freeze_trainer.freeze_policy import (
+from freeze_trainer.policy.freeze_policy import (
     FROZEN_BASE_POLICY,
     PolicyError,
     parse_policy,

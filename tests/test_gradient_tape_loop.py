@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.freeze_trainer.backbones import build_backbone
-from components.freeze_trainer.classifier_model import build_classifier
-from components.freeze_trainer.fit_training import train_with_fit
-from components.freeze_trainer.freeze_plan import plan_policy
-from components.freeze_trainer.freeze_policy import parse_policy
-from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.backbones import build_backbone
+from freeze_trainer.keras.classifier_model import build_classifier
+from freeze_trainer.keras.fit_training import train_with_fit
+from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.policy.freeze_policy import parse_policy
+from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
 from tests.model_builders import SHAPE, random_images
 
 POLICY = {

@@ -10,10 +10,16 @@ from google.auth.credentials import AnonymousCredentials
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.freeze_trainer.freeze_policy import parse_policy
+from freeze_trainer.policy.freeze_policy import parse_policy
 from kubeflow import compile_pipeline as compile_cli
 from kubeflow import schedule
-from kubeflow.pipeline_definition import PARAMETER_NAMES, CompileOptions, compile_pipeline, parameter_defaults
+from kubeflow.pipeline_definition import (
+    PARAMETER_NAMES,
+    PARAMETER_TYPES,
+    CompileOptions,
+    compile_pipeline,
+    parameter_defaults,
+)
 from tests.conftest import REPO_ROOT
 from tests.kfp_task_launch import load_pipeline_spec
 
@@ -74,8 +80,8 @@ def test_every_pipeline_parameter_is_declared_with_its_default(compiled):
     declared = spec.root.input_definitions.parameters
     assert set(declared) == set(PARAMETER_NAMES)
     defaults = parameter_defaults(OPTIONS)
-    kinds = {"freeze_policy": "STRING", "training_loop": "STRING", "epochs": "NUMBER_INTEGER", "learning_rate": "NUMBER_DOUBLE",
-             "batch_size": "NUMBER_INTEGER", "backbone_weights": "STRING", "data_root": "STRING"}
+    spec_kinds = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE"}
+    kinds = {name: spec_kinds[kind] for name, kind in PARAMETER_TYPES.items()}
     for name in PARAMETER_NAMES:
         parameter = declared[name]
         assert pipeline_spec_pb2.ParameterType.ParameterTypeEnum.Name(parameter.parameter_type) == kinds[name]
@@ -90,14 +96,15 @@ def test_every_pipeline_parameter_is_declared_with_its_default(compiled):
 def test_trainer_and_example_gen_read_the_pipeline_parameters(compiled):
     spec = load_pipeline_spec(compiled["yaml"])
     trainer = spec.root.dag.tasks["FreezeTrainer"].inputs.parameters
-    for name in ("freeze_policy", "training_loop", "epochs", "learning_rate", "batch_size", "backbone_weights"):
-        assert trainer[name].component_input_parameter == name
+    for name in PARAMETER_NAMES:
+        if name != "data_root":
+            assert trainer[name].component_input_parameter == name
     assert trainer["backbone"].runtime_value.constant.string_value == "MobileNetV2"
     example_gen = spec.root.dag.tasks["ImportExampleGen"].inputs.parameters
     assert example_gen["input_base"].component_input_parameter == "data_root"
     executor = _container(spec, "FreezeTrainer_executor")
     assert executor["image"] == IMAGE
-    assert executor["args"][:2] == ["--executor_class_path", "components.freeze_trainer.executor.Executor"]
+    assert executor["args"][:2] == ["--executor_class_path", "freeze_trainer.tfx.executor.Executor"]
 
 
 def _container(spec, executor: str) -> dict:
@@ -149,7 +156,7 @@ def test_vertex_pipeline_job_from_the_compiled_file_carries_overrides_offline(co
     runtime = job._gca_resource.runtime_config  # the PipelineJob resource create()/create_schedule() send
     assert runtime.parameter_values["freeze_policy"] == parse_policy(policy_text).canonical_json()
     assert runtime.parameter_values["epochs"] == 3
-    assert runtime.parameter_values["learning_rate"] == pytest.approx(OPTIONS.learning_rate)  # the default stays
+    assert runtime.parameter_values["learning_rate"] == pytest.approx(OPTIONS.trainer.learning_rate)  # the default stays
     assert runtime.gcs_output_directory == "gs://other-bucket/root"
     tasks = job._gca_resource.pipeline_spec["root"]["dag"]["tasks"]
     assert all(task["cachingOptions"]["enableCache"] is False for task in tasks.values() if "cachingOptions" in task)
@@ -182,13 +189,13 @@ def test_vertex_custom_job_runs_this_projects_executor(vertex_compiled):
     from google.cloud.aiplatform import gapic
     from tfx.extensions.google_cloud_ai_platform import training_clients
 
-    from components.freeze_trainer.executor import Executor
-    from components.freeze_trainer.vertex_trainer import VertexExecutor
+    from freeze_trainer.tfx.executor import Executor
+    from freeze_trainer.tfx.vertex_trainer import VertexExecutor
     from tfx.types import standard_artifacts
 
     spec = load_pipeline_spec(vertex_compiled)
     container = _container(spec, "FreezeTrainer_executor")
-    assert container["args"][1] == "components.freeze_trainer.vertex_trainer.VertexExecutor"
+    assert container["args"][1] == "freeze_trainer.tfx.vertex_trainer.VertexExecutor"
     custom_config = json.loads(
         spec.root.dag.tasks["FreezeTrainer"].inputs.parameters["custom_config"].runtime_value.constant.string_value
     )
@@ -218,12 +225,12 @@ def test_vertex_custom_job_runs_this_projects_executor(vertex_compiled):
     exec_properties = {"freeze_policy": '{"version": 1, "rules": [{"freeze": {"base": true}}]}',
                        "custom_config": json.dumps(custom_config)}
     job = OfflineVertexJobClient("europe-west4").create_training_job(
-        inputs, outputs, exec_properties, "components.freeze_trainer.executor.Executor",
+        inputs, outputs, exec_properties, "freeze_trainer.tfx.executor.Executor",
         json.loads(json.dumps(training_args)), None, None,
     )
     command = job["job_spec"]["worker_pool_specs"][0]["container_spec"]["command"]
     assert command[:3] == ["python", "-m", "tfx.scripts.run_executor"]
-    assert command[command.index("--executor_class_path") + 1] == "components.freeze_trainer.executor.Executor"
+    assert command[command.index("--executor_class_path") + 1] == "freeze_trainer.tfx.executor.Executor"
     assert json.loads(command[command.index("--exec-properties") + 1])["freeze_policy"] == exec_properties["freeze_policy"]
 
 

@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 from google.protobuf import json_format
 
-from components.freeze_trainer.freeze_policy import parse_policy
-from components.freeze_trainer.run_fn import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET
-from components.freeze_trainer.serving_export import read_extra_asset
+from freeze_trainer.policy.freeze_policy import parse_policy
+from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET
+from freeze_trainer.tfx.serving_export import read_extra_asset
 from kubeflow.pipeline_definition import CompileOptions, compile_pipeline
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH
 from tests.conftest import REPO_ROOT
@@ -62,7 +62,7 @@ def trainer_task(demo_run, tmp_path_factory):
 def test_the_spec_command_is_tfx_kfp_v2_entrypoint_running_this_executor(trainer_task):
     launch, result, site_packages, workdir, env, _ = trainer_task
     assert launch.command[1:3] == ["-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-    assert launch.executor_class_path == "components.freeze_trainer.executor.Executor"
+    assert launch.executor_class_path == "freeze_trainer.tfx.executor.Executor"
     module, _, _ = launch.executor_class_path.rpartition(".")
     where = subprocess.run([sys.executable, "-c", f"import {module.rsplit('.', 1)[0]} as m; print(m.__file__)"],
                            cwd=workdir, env=env, capture_output=True, text=True, check=True).stdout.strip()

@@ -9,9 +9,9 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.freeze_trainer.freeze_policy import FROZEN_BASE_POLICY
-from components.freeze_trainer.run_fn import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET
-from components.freeze_trainer.serving_export import read_extra_asset
+from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY
+from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET
+from freeze_trainer.tfx.serving_export import read_extra_asset
 from pipelines.digits_data import TARGET_DIGITS, load_digit_pngs, to_example
 from tests.conftest import run_local_runner
 

@@ -1,13 +1,17 @@
 """`freeze-policy plan|validate|schema`, and the plan text for a known policy, line by line."""
 
+import os
+import subprocess
+import sys
+
 import json
 
 from click.testing import CliRunner
 
-from components.freeze_trainer.freeze_plan import plan_policy
-from components.freeze_trainer.freeze_policy import parse_policy
-from components.freeze_trainer.plan_report import format_plan
-from components.freeze_trainer.policy_cli import main
+from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.policy.freeze_policy import parse_policy
+from freeze_trainer.keras.plan_report import format_plan
+from freeze_trainer.cli.policy_cli import main
 from tests.model_builders import tiny_classifier
 
 RUNNER = CliRunner()
@@ -47,9 +51,10 @@ def test_plan_command_shows_recipe_phases_groups_and_decayed_rates(tmp_path):
 
 
 def test_validate_accepts_and_rejects_with_the_key():
-    ok = RUNNER.invoke(main, ["validate", '{"version": 1, "rules": [{"freeze": {"base": true}}]}', *SMALL])
+    on_backbone = ["--backbone", "MobileNetV2", *SMALL]
+    ok = RUNNER.invoke(main, ["validate", '{"version": 1, "rules": [{"freeze": {"base": true}}]}', *on_backbone])
     assert ok.exit_code == 0 and "valid: 1 phase(s)" in ok.output
-    bad = RUNNER.invoke(main, ["validate", '{"version": 1, "rules": [{"freeze": {"group": "block_99"}}]}', *SMALL])
+    bad = RUNNER.invoke(main, ["validate", '{"version": 1, "rules": [{"freeze": {"group": "block_99"}}]}', *on_backbone])
     assert bad.exit_code == 1
     assert "rules[0].freeze.group: group 'block_99' does not exist for this backbone" in bad.output
     assert "block_16" in bad.output
@@ -64,3 +69,23 @@ def test_schema_command_prints_the_json_schema():
     result = RUNNER.invoke(main, ["schema"])
     assert result.exit_code == 0
     assert "recipe" in json.loads(result.output)["properties"]
+
+
+def test_schema_and_validate_without_a_backbone_never_import_tensorflow(tmp_path):
+    """The policy language needs pydantic and yaml only: a process that checks a policy stays light."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - freeze: {base: true}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("version: 1\nrules:\n  - freeze: {bsae: true}\n")
+    probe = (
+        "import sys; from click.testing import CliRunner; from freeze_trainer.cli.policy_cli import main; "
+        "results = [CliRunner().invoke(main, args) for args in (['schema'], ['validate', sys.argv[1]], "
+        "['validate', sys.argv[2]])]; "
+        "print([r.exit_code for r in results], results[2].output.strip(), "
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'tfx')))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, "-c", probe, str(policy), str(typo)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[0, 0, 1] Error: freeze policy: rules[0].freeze.bsae: unknown key []"

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.freeze_trainer.freeze_plan import apply_plan, plan_policy, policy_layers
-from components.freeze_trainer.freeze_policy import PolicyError, parse_policy
+from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy, policy_layers
+from freeze_trainer.policy.freeze_policy import PolicyError, parse_policy
 from tests.model_builders import tiny_classifier
 
 LAYER_NAMES = ["conv_a", "bn", "conv_b", "head_pool", "head_dropout", "head_classifier", "conv_c", "block_1"]

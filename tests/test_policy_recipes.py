@@ -5,9 +5,9 @@ import json
 import pytest
 import tensorflow as tf
 
-from components.freeze_trainer.fit_training import train_with_fit
-from components.freeze_trainer.freeze_plan import plan_policy
-from components.freeze_trainer.freeze_policy import parse_policy
+from freeze_trainer.keras.fit_training import train_with_fit
+from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.policy.freeze_policy import parse_policy
 from tests.model_builders import classifier, random_images
 
 RECIPES = {

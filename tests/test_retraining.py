@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
-from components.freeze_trainer.warm_start import WarmStartError, copy_matching_variables
+from freeze_trainer.tfx.warm_start import WarmStartError, copy_matching_variables
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH
 from tests.conftest import REPO_ROOT, run_local_runner
 from tests.kfp_task_launch import mlmd_store

@@ -19,8 +19,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.freeze_trainer.run_fn import FREEZE_REPORT_ASSET
-from components.freeze_trainer.serving_export import MODEL_VARIABLES, read_extra_asset
+from freeze_trainer.tfx.serving_export import FREEZE_REPORT_ASSET
+from freeze_trainer.tfx.serving_export import MODEL_VARIABLES, read_extra_asset
 from kubeflow.pipeline_definition import CompileOptions, compile_pipeline
 from tests.conftest import REPO_ROOT
 from tests.kfp_task_launch import build_task_launch, load_pipeline_spec, mlmd_store
@@ -65,7 +65,7 @@ def _vertex_custom_job(inputs, outputs, exec_properties):
     from tfx.extensions.google_cloud_ai_platform.trainer.executor import TRAINING_ARGS_KEY
     from tfx.utils import name_utils
 
-    from components.freeze_trainer.vertex_trainer import VertexExecutor
+    from freeze_trainer.tfx.vertex_trainer import VertexExecutor
 
     class OfflineVertexJobClient(training_clients.VertexJobClient):
         def create_client(self):
@@ -134,7 +134,7 @@ def test_the_custom_job_has_a_chief_pool_and_a_worker_pool(vertex_job):
     assert chief["machine_spec"] == workers["machine_spec"] == {"machine_type": "n1-standard-8"}
     assert chief["container_spec"] == workers["container_spec"]
     command = chief["container_spec"]["command"]
-    assert command[command.index("--executor_class_path") + 1] == "components.freeze_trainer.executor.Executor"
+    assert command[command.index("--executor_class_path") + 1] == "freeze_trainer.tfx.executor.Executor"
 
 
 def test_both_replicas_train_and_exit_cleanly(vertex_job):

@@ -7,26 +7,23 @@
 
 from __future__ import annotations
 
-import os
+import json
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
+import click
 
-import json  # noqa: E402
-
-import click  # noqa: E402
-
-from components.freeze_trainer.backbones import BackboneError  # noqa: E402
-from components.freeze_trainer.freeze_plan import PhasePlan, plan_for_config  # noqa: E402
-from components.freeze_trainer.freeze_policy import PolicyError, policy_json_schema, read_policy_source  # noqa: E402
-from components.freeze_trainer.plan_report import format_plan, phase_summary  # noqa: E402
-from components.freeze_trainer.trainer_config import ConfigError, TrainerConfig  # noqa: E402
+import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.policy import PolicyError, parse_policy, policy_json_schema, read_policy_source
+from freeze_trainer.tfx.trainer_config import TrainerConfig
 
 
 def plan_policy_text(
     policy: str, backbone: str, backbone_weights: str, alpha: float | None, image_size: int, num_classes: int,
     learning_rate: float, epochs: int,
-) -> list[PhasePlan]:
-    """Validates everything a trainer would check before reading data; raises its errors."""
+) -> list:
+    """Validates everything a trainer would check before reading data; raises its errors. Builds the
+    backbone, so TensorFlow is imported here and only here."""
+    from freeze_trainer.tfx.trainer_model import plan_for_config
+
     config = TrainerConfig.from_parameters(
         freeze_policy=read_policy_source(policy), backbone=backbone, backbone_weights=backbone_weights,
         backbone_alpha=alpha, learning_rate=learning_rate, epochs=epochs,
@@ -34,16 +31,20 @@ def plan_policy_text(
     return plan_for_config(config, (image_size, image_size, 3), num_classes)
 
 
+_DEFAULTS = TrainerConfig()  # the trainer's defaults, the runner's too
+
 _model_options = [
     click.argument("policy"),
-    click.option("--backbone", default="MobileNetV2", show_default=True),
+    click.option("--backbone", default=None, help="The keras.applications architecture; plan's default: MobileNetV2."),
     click.option("--backbone-weights", default="none", show_default=True,
                  help="`none` plans on the architecture alone; a `.keras` backbone plans on its own layers."),
     click.option("--alpha", type=float, default=None, help="Width multiplier of MobileNet backbones."),
     click.option("--image-size", type=int, default=224, show_default=True),
     click.option("--num-classes", type=int, default=10, show_default=True),
-    click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="The trainer's default rate."),
-    click.option("--epochs", type=int, default=5, show_default=True, help="The trainer's default phase length."),
+    click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True,
+                 help="The trainer's default rate."),
+    click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True,
+                 help="The trainer's default phase length."),
 ]
 
 
@@ -53,7 +54,10 @@ def model_options(command):
     return command
 
 
-def _plans_or_exit(**kwargs) -> list[PhasePlan]:
+def _plans_or_exit(**kwargs) -> list:
+    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.tfx.trainer_config import ConfigError
+
     try:
         return plan_policy_text(**kwargs)
     except (PolicyError, ConfigError, BackboneError) as err:
@@ -69,13 +73,26 @@ def main() -> None:
 @model_options
 def plan(**kwargs) -> None:
     """Print every phase: each layer's group, state, BatchNorm mode, learning rate and parameters."""
+    from freeze_trainer.keras.plan_report import format_plan
+
+    kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
     click.echo("\n".join(format_plan(_plans_or_exit(**kwargs))))
 
 
 @main.command()
 @model_options
 def validate(**kwargs) -> None:
-    """Exit non-zero, naming the key and the reason, if the policy would not train."""
+    """Exit non-zero, naming the key and the reason, if the policy would not train. Without --backbone
+    it checks the policy language alone (no TensorFlow); with one, it plans the policy on that backbone."""
+    if kwargs["backbone"] is None:
+        try:
+            policy = parse_policy(read_policy_source(kwargs["policy"]))
+        except PolicyError as err:
+            raise click.ClickException(str(err)) from None
+        click.echo(f"valid: {len(policy.resolved_phases())} phase(s); plan it with --backbone to check its selectors")
+        return
+    from freeze_trainer.keras.plan_report import phase_summary
+
     plans = _plans_or_exit(**kwargs)
     click.echo(f"valid: {len(plans)} phase(s)")
     for number, phase_plan in enumerate(plans, start=1):

@@ -1,8 +1,10 @@
-"""FreezeTrainer's executor: validates the policy, runs the trainer function, records the proof.
+"""FreezeTrainer's executor: validates the parameters, runs the trainer function, records the proof.
 
 Everything the user passes is validated into a `TrainerConfig` before any artifact is read, so a bad
-policy fails in seconds with one error that names the key. After training, the freeze report the
-run_fn exported with the model is copied onto the Model artifact as MLMD custom properties.
+policy fails in seconds with one error that names the key. The validated config reaches `run_fn` through
+TFX's one seam, `_GetFnArgs`, as `fn_args.custom_config["freeze_trainer"]`: validated once per process,
+never re-serialized. After training, the freeze report the run_fn exported with the model is copied
+onto the Model artifact as MLMD custom properties.
 """
 
 from __future__ import annotations
@@ -12,27 +14,22 @@ import tempfile
 from typing import Any
 
 from tfx import types
+from tfx.components.trainer import fn_args_utils
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.components.util import udf_utils
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import json_utils, path_utils
+from tfx.utils import path_utils
 
-from components.freeze_trainer.distribution import is_chief
-from components.freeze_trainer.run_fn import FREEZE_REPORT_ASSET
-from components.freeze_trainer.serving_export import read_extra_asset
-from components.freeze_trainer.trainer_config import TrainerConfig
+from freeze_trainer.keras.distribution import is_chief
+from freeze_trainer.tfx.serving_export import FREEZE_REPORT_ASSET, read_extra_asset
+from freeze_trainer.tfx.trainer_config import CUSTOM_CONFIG_KEY, TRAINER_PARAMETER_NAMES, TrainerConfig
 
-DEFAULT_RUN_FN = "components.freeze_trainer.run_fn.run_fn"
-CONFIG_PARAMETERS = (
-    "freeze_policy", "backbone", "backbone_weights", "backbone_alpha", "epochs", "learning_rate", "batch_size",
-    "training_loop", "distribution", "mixed_precision", "jit_compile", "feature_cache", "feature_cache_memory_mb",
-    "checkpoint_every_steps",
-)
+DEFAULT_RUN_FN = "freeze_trainer.tfx.run_fn.run_fn"
 
 
 def trainer_config_from_exec_properties(exec_properties: dict[str, Any]) -> TrainerConfig:
     """Raises PolicyError for a bad policy and ConfigError for other bad parameters."""
-    return TrainerConfig.from_parameters(**{key: exec_properties.get(key) for key in CONFIG_PARAMETERS})
+    return TrainerConfig.from_parameters(**{key: exec_properties.get(key) for key in TRAINER_PARAMETER_NAMES})
 
 
 def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, report: dict) -> None:
@@ -56,27 +53,27 @@ def record_exported_freeze_report(output_dict: dict[str, list[types.Artifact]], 
 
 
 class Executor(GenericExecutor):
+    _config: TrainerConfig
+
     def Do(
         self,
         input_dict: dict[str, list[types.Artifact]],
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        config = trainer_config_from_exec_properties(exec_properties)
-        custom_config = json_utils.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null")
-        exec_properties = {
-            **exec_properties,
-            standard_component_specs.CUSTOM_CONFIG_KEY: json_utils.dumps(
-                {**(custom_config or {}), **config.to_custom_config()}
-            ),
-        }
+        self._config = trainer_config_from_exec_properties(exec_properties)
         if not any(exec_properties.get(key) for key in ("module_file", "module_path", "run_fn")):
-            exec_properties["run_fn"] = DEFAULT_RUN_FN
+            exec_properties = {**exec_properties, "run_fn": DEFAULT_RUN_FN}
         if not is_chief():
             self._train_as_non_chief(input_dict, output_dict, exec_properties)
             return
         super().Do(input_dict, output_dict, exec_properties)
-        record_exported_freeze_report(output_dict, config)
+        record_exported_freeze_report(output_dict, self._config)
+
+    def _GetFnArgs(self, input_dict, output_dict, exec_properties) -> fn_args_utils.FnArgs:
+        fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+        fn_args.custom_config = {**(fn_args.custom_config or {}), CUSTOM_CONFIG_KEY: self._config}
+        return fn_args
 
     def _train_as_non_chief(self, input_dict, output_dict, exec_properties) -> None:
         """Every replica of a multi-worker job (a Vertex CustomJob with worker pools) runs this executor, and
@@ -93,3 +90,12 @@ class Executor(GenericExecutor):
             fn_args.eval_model_dir = path_utils.eval_model_dir(scratch)
             fn_args.model_run_dir = os.path.join(scratch, "model_run")
             udf_utils.get_fn(exec_properties, "run_fn")(fn_args)
+
+
+def trainer_config(fn_args: fn_args_utils.FnArgs) -> TrainerConfig:
+    """The validated configuration the executor handed to `run_fn` (a user `run_fn` reads it here too)."""
+    config = (fn_args.custom_config or {}).get(CUSTOM_CONFIG_KEY)
+    if not isinstance(config, TrainerConfig):
+        raise ValueError(f"fn_args.custom_config[{CUSTOM_CONFIG_KEY!r}] holds no TrainerConfig: run_fn runs under "
+                         "freeze_trainer.tfx.executor.Executor, which validates the parameters and puts it there")
+    return config

@@ -16,6 +16,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from freeze_trainer.policy.validation import first_error
+
 POLICY_VERSION = 1
 
 
@@ -294,18 +296,6 @@ class FreezePolicy(_Strict):
 FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[_FREEZE_BASE])
 
 
-def _error_key(loc: tuple) -> str:
-    key = ""
-    for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-        elif part.startswith("function-") or part in {"str", "int", "bool", "float"}:
-            continue  # pydantic's internal validator names say nothing to a policy author
-        else:
-            key += f".{part}" if key else part
-    return key
-
-
 def read_policy_source(value: str) -> str:
     """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline."""
     if os.path.isfile(value):
@@ -334,11 +324,7 @@ def policy_from_dict(data: object) -> FreezePolicy:
     try:
         return FreezePolicy.model_validate(data)
     except pydantic.ValidationError as err:
-        first = err.errors()[0]
-        reason = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            reason = "unknown key"
-        raise PolicyError(_error_key(first["loc"]), reason) from None
+        raise PolicyError(*first_error(err)) from None
 
 
 def policy_json_schema() -> dict:

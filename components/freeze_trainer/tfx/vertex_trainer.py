@@ -2,7 +2,7 @@
 
 The pipeline task runs `VertexExecutor`, which submits a Vertex CustomJob (worker pools, GPUs) and waits.
 Each replica of that job runs `python -m tfx.scripts.run_executor --executor_class_path
-components.freeze_trainer.executor.Executor ...`: this project's executor, with the same validation and
+freeze_trainer.tfx.executor.Executor ...`: this project's executor, with the same validation and
 freeze proof as the local run; the chief exports, and `VertexExecutor` copies the exported freeze report
 onto the Model artifact once the job has ended. Vertex sets `TF_CONFIG` in every replica's environment;
 the executor runs in that process, so the distribution code in run_fn sees it.
@@ -17,8 +17,8 @@ from __future__ import annotations
 from tfx.dsl.components.base import executor_spec
 from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer_executor
 
-from components.freeze_trainer.component import FreezeTrainer
-from components.freeze_trainer.executor import (
+from freeze_trainer.tfx.component import FreezeTrainer
+from freeze_trainer.tfx.executor import (
     Executor,
     record_exported_freeze_report,
     trainer_config_from_exec_properties,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.freeze_trainer.freeze_plan import PhasePlan, policy_layers
+from freeze_trainer.keras.freeze_plan import PhasePlan
 
 
 class FreezeViolation(RuntimeError):
@@ -30,6 +30,8 @@ class FreezeCheck:
     trainable_params: int
     changed_frozen: tuple[str, ...]
     unchanged_trainable: tuple[str, ...]
+    # Variables Keras had trainable although the plan freezes them (set `trainable` after apply_plan?).
+    trainable_off_plan: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,10 +39,10 @@ class FreezeCheck:
     @classmethod
     def from_dict(cls, values: dict) -> FreezeCheck:
         """The inverse of `as_dict` after a JSON round trip, which turns tuples into lists."""
-        return cls(**{**values, "changed_frozen": tuple(values["changed_frozen"]),
-                      "unchanged_trainable": tuple(values["unchanged_trainable"])})
+        return cls(**{**values, **{key: tuple(values.get(key, ())) for key in _NAME_LISTS}})
 
 
+_NAME_LISTS = ("changed_frozen", "unchanged_trainable", "trainable_off_plan")
 Snapshot = dict  # variable ref -> (name, SHA-256 of its value's bytes)
 
 
@@ -48,47 +50,44 @@ def snapshot(model: tf.keras.Model) -> Snapshot:
     return {v.ref(): (v.name, hashlib.sha256(np.asarray(v.numpy()).tobytes()).hexdigest()) for v in model.variables}
 
 
-def variables_allowed_to_change(model: tf.keras.Model, plan: PhasePlan) -> set:
-    """Trainable variables, plus the moving statistics of BatchNorm layers that train in `train` mode."""
-    allowed = {v.ref() for v in model.trainable_variables}
-    backbone, head = policy_layers(model)
-    layers = {layer.name: layer for layer in backbone + head}
-    for state in plan.layers:
-        if state.batchnorm == "train":
-            layer = layers[state.name]
-            allowed.update(v.ref() for v in (layer.moving_mean, layer.moving_variance))
-    return allowed
-
-
 def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> FreezeCheck:
+    """Compares the model with its phase-start snapshot under the plan's own variable split. Keras'
+    `trainable` flags must agree with that split too: otherwise `fit` trained something else than planned."""
+    split = plan.variable_split(model)
+    may_change = split.may_change()
     after = snapshot(model)
-    allowed = variables_allowed_to_change(model, plan)
     changed_frozen, unchanged_trainable = [], []
     for ref, (name, value) in before.items():
         same = after[ref][1] == value
-        if ref in allowed:
+        if ref in may_change:
             if same:
                 unchanged_trainable.append(name)
         elif not same:
             changed_frozen.append(name)
-    trainable = [v for v in model.variables if v.ref() in allowed]
-    frozen = [v for v in model.variables if v.ref() not in allowed]
+    flagged = {v.ref(): v.name for v in model.trainable_variables}
+    planned = {v.ref() for v in split.trainable}
+    off_plan = tuple(sorted(name for ref, name in flagged.items() if ref not in planned))
     return FreezeCheck(
         phase=plan.phase.name,
         # A phase in which nothing moved did not train: as much a failure as a frozen variable moving.
-        passed=not changed_frozen and len(unchanged_trainable) < len(allowed),
-        frozen_variables=len(frozen),
-        trainable_variables=len(trainable),
-        frozen_params=sum(v.shape.num_elements() for v in frozen),
-        trainable_params=sum(v.shape.num_elements() for v in trainable),
+        passed=not changed_frozen and not off_plan and len(unchanged_trainable) < len(may_change),
+        frozen_variables=len(split.frozen),
+        trainable_variables=len(may_change),
+        frozen_params=sum(v.shape.num_elements() for v in split.frozen),
+        trainable_params=sum(v.shape.num_elements() for v in (*split.trainable, *split.moving_statistics)),
         changed_frozen=tuple(changed_frozen),
         unchanged_trainable=tuple(unchanged_trainable),
+        trainable_off_plan=off_plan,
     )
 
 
 def raise_on_violation(check: FreezeCheck) -> None:
     if check.passed:
         return
+    if check.trainable_off_plan:
+        raise FreezeViolation(
+            f"phase {check.phase!r}: Keras trains variable(s) the plan freezes: {', '.join(check.trainable_off_plan[:5])}"
+        )
     if not check.changed_frozen:
         raise FreezeViolation(f"phase {check.phase!r}: none of its {check.trainable_variables} trainable variables changed")
     shown = ", ".join(check.changed_frozen[:5])

@@ -13,17 +13,21 @@ from typing import Callable
 import tensorflow as tf
 from absl import logging
 
-from components.freeze_trainer.example_feed import BatchedFeed, ExampleFeed
-from components.freeze_trainer.freeze_plan import PhasePlan, apply_plan, policy_layers
-from components.freeze_trainer.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
-from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
-from components.freeze_trainer.tf_keras_autograph import exempt_tf_keras_from_autograph
-from components.freeze_trainer.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
+from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
+from freeze_trainer.keras.freeze_plan import PhasePlan, apply_plan, policy_layers
+from freeze_trainer.keras.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
+from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
+from freeze_trainer.keras.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
 # Trains `model` for epochs [first, end) of `steps` batches each, taken in order from the endless
 # training batches, evaluating after each epoch, with the extra callbacks; returns the last epoch's metrics.
+# The variables are the phase's trainable ones (`VariableSplit.trainable`), for loops that apply gradients
+# themselves; `fit` reads the same set from the flags `apply_plan` set, which the proof checks.
 TrainPhase = Callable[
-    [LayerRateAdam, tf.keras.Model, tf.data.Dataset, "tf.data.Dataset | None", int, int, int, list], dict[str, float]
+    [LayerRateAdam, tf.keras.Model, "tuple[tf.Variable, ...]", tf.data.Dataset, "tf.data.Dataset | None", int, int,
+     int, list],
+    dict[str, float],
 ]
 
 
@@ -31,11 +35,13 @@ def variable_multipliers(model: tf.keras.Model, plan: PhasePlan) -> list[tuple[t
     """Each trainable variable with its layer's learning-rate multiplier under `plan`."""
     backbone, head = policy_layers(model)
     multipliers = plan.lr_multipliers()
+    trainable = {v.ref() for v in plan.variable_split(model).trainable}
     return [
         (variable, multipliers[layer.name])
         for layer in backbone + head
         if layer.name in multipliers
-        for variable in layer.trainable_weights
+        for variable in layer.weights
+        if variable.ref() in trainable
     ]
 
 
@@ -44,8 +50,7 @@ def build_phase_optimizer(model: tf.keras.Model, plans: list[PhasePlan]) -> Laye
     Under a distribution strategy, call it inside the strategy's scope."""
     ever_trained: dict = {}
     for plan in plans:
-        apply_plan(model, plan)
-        ever_trained.update({v.ref(): v for v in model.trainable_variables})
+        ever_trained.update((v.ref(), v) for v in plan.variable_split(model).trainable)
     optimizer = LayerRateAdam(plans[0].learning_rate)
     optimizer.build(list(ever_trained.values()))
     return optimizer
@@ -82,6 +87,7 @@ def run_phases(
             position = resumed.position if index == resumed.phase else 0
             steps = plan.steps or steps_per_epoch or feed.epoch_batches
             apply_plan(model, plan)
+            trainable = plan.variable_split(model).trainable
             optimizer.learning_rate = plan.learning_rate
             optimizer.set_multipliers(variable_multipliers(model, plan))
             # Restored weights already hold the batches trained before the checkpoint: a phase resumed
@@ -94,7 +100,7 @@ def run_phases(
             data = feed.phase_data(model, plan)
             for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position):
                 metrics = train_phase(
-                    optimizer, data.model, data.batches(start), data.eval, first, last, per_epoch, extra
+                    optimizer, data.model, trainable, data.batches(start), data.eval, first, last, per_epoch, extra
                 )
                 if data.model.stop_training:  # an early stop ends the phase, as within one call
                     break

@@ -5,9 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 from tf_keras.src.engine.base_layer import BaseRandomLayer  # Dropout, GaussianNoise, Random* augmentation
 
-from components.freeze_trainer.backbones import BackbonePreprocessing, build_backbone
-from components.freeze_trainer.image_transform import IMAGE_KEY, transformed_name
-from components.freeze_trainer.trainer_config import TrainerConfig
+from freeze_trainer.keras.backbones import BackbonePreprocessing, build_backbone
 
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
 FEATURES_LAYER = HEAD_LAYER_NAMES[0]  # the pooled backbone output: where a frozen base's features are cut
@@ -15,11 +13,11 @@ FEATURES_LAYER = HEAD_LAYER_NAMES[0]  # the pooled backbone output: where a froz
 
 def build_classifier(
     backbone: tf.keras.Model,
-    backbone_name: str,
+    backbone_name: str | None,
     num_classes: int,
     bn_inference_mode: bool,
     dropout: float = 0.2,
-    image_key: str = transformed_name(IMAGE_KEY),
+    input_name: str = "image",
 ) -> tf.keras.Model:
     """Wraps `backbone` with GlobalAveragePooling, dropout and a softmax layer.
 
@@ -27,7 +25,7 @@ def build_classifier(
     and keep their moving statistics even while `fit` trains the rest (the Keras transfer-learning
     recipe); otherwise BatchNorm follows the training phase wherever the layer is trainable.
     """
-    inputs = tf.keras.Input(shape=backbone.input_shape[1:], name=image_key)
+    inputs = tf.keras.Input(shape=backbone.input_shape[1:], name=input_name)
     x = BackbonePreprocessing(backbone_name, name="backbone_preprocessing")(inputs)
     x = backbone(x, training=False if bn_inference_mode else None)
     x = tf.keras.layers.GlobalAveragePooling2D(name=HEAD_LAYER_NAMES[0])(x)
@@ -87,15 +85,3 @@ def random_layers_before_features(model: tf.keras.Model) -> list[str]:
         elif isinstance(layer, tf.keras.Model) and not _called_in_inference_mode(layer):
             pending.extend(layer.layers)
     return found
-
-
-def build_from_config(config: TrainerConfig, input_shape: tuple[int, int, int], num_classes: int) -> tf.keras.Model:
-    """The classifier a `TrainerConfig` describes; reads no training data."""
-    backbone = build_backbone(config.backbone, config.backbone_weights, input_shape, config.backbone_alpha)
-    return build_classifier(
-        backbone,
-        config.backbone,
-        num_classes,
-        bn_inference_mode=config.freeze_policy.bn_runs_in_inference_mode,
-        dropout=config.dropout,
-    )

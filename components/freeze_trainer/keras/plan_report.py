@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.freeze_trainer.freeze_plan import LayerState, PhasePlan
+from freeze_trainer.keras.freeze_plan import LayerState, PhasePlan
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
 
@@ -13,7 +13,7 @@ def _row(index, state: LayerState) -> str:
         name=state.name,
         cls=state.class_name,
         group=state.group,
-        auto=state.auto_group,
+        auto=state.auto_group_name,
         state="trainable" if state.trainable else "frozen",
         bn=state.batchnorm or "-",
         lr=f"{state.learning_rate:.3g}" if state.learning_rate is not None else "-",

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from components.freeze_trainer.classifier_model import head_on_features
-from components.freeze_trainer.feature_cache import FeatureCache
-from components.freeze_trainer.freeze_plan import PhasePlan
+from freeze_trainer.keras.classifier_model import head_on_features
+from freeze_trainer.keras.feature_cache import FeatureCache
+from freeze_trainer.keras.freeze_plan import PhasePlan
 
 SHUFFLE_BUFFER = 10_000  # examples, as tfx_bsl's default record shuffle
 

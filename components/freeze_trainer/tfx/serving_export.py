@@ -13,10 +13,13 @@ import os
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
+from freeze_trainer.tfx.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
 
 EXTRA_ASSETS_DIR = "assets.extra"
 MODEL_VARIABLES = "model_variables"  # the attribute warm starting reads back
+# In the SavedModel's assets.extra/, read back by the executor into MLMD.
+FREEZE_REPORT_ASSET = "freeze_report.json"
+FREEZE_POLICY_ASSET = "freeze_policy.json"
 
 
 class _ServingModule(tf.Module):

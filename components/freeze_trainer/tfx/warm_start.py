@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from absl import logging
 
-from components.freeze_trainer.serving_export import MODEL_VARIABLES
+from freeze_trainer.tfx.serving_export import MODEL_VARIABLES
 
 
 class WarmStartError(ValueError):

@@ -15,16 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.freeze_trainer.backbones import block_groups, is_saved_backbone
-from components.freeze_trainer.classifier_model import (
+from freeze_trainer.keras.backbones import block_groups
+from freeze_trainer.keras.classifier_model import (
     backbone_name_of,
     backbone_of,
-    build_from_config,
     head_layers,
     random_layers_before_features,
 )
-from components.freeze_trainer.freeze_policy import FreezePolicy, Phase, PolicyError, Selector
-from components.freeze_trainer.trainer_config import TrainerConfig
+from freeze_trainer.policy.freeze_policy import FreezePolicy, Phase, PolicyError, Selector
 
 BATCHNORM_CLASSES = (tf.keras.layers.BatchNormalization,)
 HEAD_GROUP = "head"
@@ -35,7 +33,7 @@ class LayerState:
     name: str
     class_name: str
     group: str  # the backbone block (`block_16`), `stem`, `top` or `head`
-    auto_group: str  # `auto_<i>` or `head`
+    auto_group: int | None  # the index of the layer's auto group (0 is the bottom); None in the head
     trainable: bool
     batchnorm: str | None  # the layer's BatchNorm mode, None for other layers
     learning_rate: float | None  # None when frozen or without weights
@@ -45,6 +43,29 @@ class LayerState:
     @property
     def in_head(self) -> bool:
         return self.group == HEAD_GROUP
+
+    @property
+    def auto_group_name(self) -> str:
+        return HEAD_GROUP if self.auto_group is None else auto_group_name(self.auto_group)
+
+
+def auto_group_name(index: int) -> str:
+    return f"auto_{index}"
+
+
+@dataclass(frozen=True)
+class VariableSplit:
+    """Which of a model's variables a phase changes: the one value the optimizer, the tape step and the
+    proof use. `trainable` get gradients; `moving_statistics` are the BatchNorm statistics that update in
+    `train` mode; everything else is `frozen` and must stay bit-identical."""
+
+    trainable: tuple[tf.Variable, ...]
+    moving_statistics: tuple[tf.Variable, ...]
+    frozen: tuple[tf.Variable, ...]
+
+    def may_change(self) -> set:
+        """References (`v.ref()`, never `var in list`) of the variables allowed to change."""
+        return {v.ref() for v in (*self.trainable, *self.moving_statistics)}
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,20 @@ class PhasePlan:
         """Each trainable layer's rate as a multiple of the head's."""
         return {s.name: s.learning_rate / self.learning_rate for s in self.layers if s.learning_rate is not None}
 
+    def variable_split(self, model: tf.keras.Model) -> VariableSplit:
+        """The plan's split of `model.variables`, from the plan alone (not from Keras' `trainable` flags):
+        a trainable layer trains the weights created trainable, i.e. all but BatchNorm's statistics."""
+        backbone, head = policy_layers(model)
+        trainable, moving = {}, {}
+        for layer in backbone + head:
+            state = self.state(layer.name)
+            if state.trainable:
+                trainable.update((v.ref(), v) for v in layer.weights if v.trainable)
+            if state.batchnorm == "train":
+                moving.update((v.ref(), v) for v in (layer.moving_mean, layer.moving_variance))
+        frozen = [v for v in model.variables if v.ref() not in trainable and v.ref() not in moving]
+        return VariableSplit(tuple(trainable.values()), tuple(moving.values()), tuple(frozen))
+
     @property
     def trainable_params(self) -> int:
         return sum(state.trainable_params for state in self.layers)
@@ -87,14 +122,19 @@ class _Addressable:
     backbone: list[tf.keras.layers.Layer]
     head: list[tf.keras.layers.Layer]
     groups: dict[str, str]
-    auto_groups: dict[str, str]
+    auto_groups: dict[str, int]  # backbone layer name -> auto group index; head layers are absent
 
     @property
     def every(self) -> list[tf.keras.layers.Layer]:
         return self.backbone + self.head
 
     def group_names(self) -> list[str]:
-        return list(dict.fromkeys([*self.groups.values(), *self.auto_groups.values()]))
+        auto = [auto_group_name(index) for index in self.auto_groups.values()]
+        return list(dict.fromkeys([*self.groups.values(), *auto, HEAD_GROUP]))
+
+    def in_group(self, name: str, group: str) -> bool:
+        auto = self.auto_groups.get(name)
+        return group in (self.groups[name], HEAD_GROUP if auto is None else auto_group_name(auto))
 
 
 def policy_layers(model: tf.keras.Model) -> tuple[list[tf.keras.layers.Layer], list[tf.keras.layers.Layer]]:
@@ -107,10 +147,10 @@ def _addressable(model: tf.keras.Model, auto_groups: int) -> _Addressable:
     backbone, head = policy_layers(model)
     names = [layer.name for layer in backbone]
     chunks = np.array_split(np.arange(len(names)), min(auto_groups, len(names)))
-    auto = {names[index]: f"auto_{number}" for number, chunk in enumerate(chunks) for index in chunk}
+    auto = {names[index]: number for number, chunk in enumerate(chunks) for index in chunk}
     groups = dict(zip(names, block_groups(backbone_name_of(model), names)))
     for layer in head:
-        groups[layer.name] = auto[layer.name] = HEAD_GROUP
+        groups[layer.name] = HEAD_GROUP
     return _Addressable(backbone, head, groups, auto)
 
 
@@ -167,7 +207,7 @@ def select_layers(selector: Selector, layers: _Addressable, key: str) -> list[st
             classes = sorted({type(layer).__name__ for layer in every})
             raise _no_match(key, f"layer class {selector.layer_class!r}", selector.layer_class, classes, "classes")
     elif kind == "group":
-        chosen = [name for name in names if selector.group in (layers.groups[name], layers.auto_groups[name])]
+        chosen = [name for name in names if layers.in_group(name, selector.group)]
         if not chosen:
             raise PolicyError(
                 key,
@@ -196,9 +236,9 @@ def _decayed_rates(
     if decay is None:
         return {}
     if decay.per == "group":
-        top_index = max(int(group.split("_")[1]) for group in layers.auto_groups.values() if group != HEAD_GROUP)
+        top_index = max(layers.auto_groups.values())
         return {
-            layer.name: head_lr / decay.factor ** (top_index + 1 - int(layers.auto_groups[layer.name].split("_")[1]))
+            layer.name: head_lr / decay.factor ** (top_index + 1 - layers.auto_groups[layer.name])
             for layer in layers.backbone
         }
     weighted = [layer for layer in reversed(layers.backbone) if layer.weights and _trains(layer, trainable, policy)]
@@ -265,7 +305,7 @@ def _plan_phase(
                 name=layer.name,
                 class_name=type(layer).__name__,
                 group=layers.groups[layer.name],
-                auto_group=layers.auto_groups[layer.name],
+                auto_group=layers.auto_groups.get(layer.name),
                 trainable=effective,
                 batchnorm=(policy.batchnorm if trainable[layer.name] else "frozen") if is_bn else None,
                 learning_rate=rates[layer.name] if effective and train_count else None,
@@ -304,11 +344,3 @@ def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:
     backbone, head = policy_layers(model)
     for layer in backbone + head:
         layer.trainable = plan.is_trainable(layer.name)
-
-
-def plan_for_config(config: TrainerConfig, input_shape: tuple[int, int, int], num_classes: int = 2) -> list[PhasePlan]:
-    """Plans a trainer configuration without data or downloads: the backbone is built with random
-    weights unless it is a saved `.keras` backbone, whose own architecture is the one that matters."""
-    weights = config.backbone_weights if is_saved_backbone(config.backbone_weights) else "none"
-    model = build_from_config(config.model_copy(update={"backbone_weights": weights}), input_shape, num_classes)
-    return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)

@@ -10,7 +10,6 @@ import contextlib
 import math
 import os
 import tempfile
-from functools import partial
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -18,21 +17,19 @@ from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
-from components.freeze_trainer.classifier_model import build_from_config
-from components.freeze_trainer.example_feed import ExampleFeed
-from components.freeze_trainer.feature_cache import FeatureCache, files_fingerprint
-from components.freeze_trainer.distribution import choose_strategy, cluster_workers, is_chief
-from components.freeze_trainer.fit_training import train_with_fit
-from components.freeze_trainer.gradient_tape_loop import train_with_gradient_tape
-from components.freeze_trainer.phase_runner import build_phase_optimizer
-from components.freeze_trainer.freeze_plan import PhasePlan, plan_policy
-from components.freeze_trainer.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
-from components.freeze_trainer.serving_export import export_serving_model
-from components.freeze_trainer.trainer_config import TrainerConfig
-from components.freeze_trainer.warm_start import warm_start_from_saved_model
+from freeze_trainer.tfx.trainer_model import build_from_config
+from freeze_trainer.keras.example_feed import ExampleFeed
+from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
+from freeze_trainer.keras.distribution import choose_strategy, cluster_workers, is_chief
+from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.tfx.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
+from freeze_trainer.tfx.executor import trainer_config
+from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
+from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.warm_start import warm_start_from_saved_model
 
-FREEZE_REPORT_ASSET = "freeze_report.json"
-FREEZE_POLICY_ASSET = "freeze_policy.json"
 
 
 def transformed_input_shape(tft_output: tft.TFTransformOutput) -> tuple[int, int, int]:
@@ -74,7 +71,7 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    config = TrainerConfig.from_custom_config(fn_args.custom_config)
+    config = trainer_config(fn_args)
     tf.keras.utils.set_random_seed(config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     num_classes = tft_output.vocabulary_size_by_name(LABEL_VOCABULARY)
@@ -104,12 +101,13 @@ def run_fn(fn_args: FnArgs) -> None:
     feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
-    loop = {"fit": train_with_fit, "gradient_tape": partial(train_with_gradient_tape, strategy=strategy)}
     with strategy.scope(), feature_cache or contextlib.nullcontext():
-        checks, metrics = loop[config.training_loop](
+        checks, metrics = train_with_proof(
             model,
             plans,
             feed,
+            loop=config.training_loop,
+            strategy=strategy,
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,
@@ -117,7 +115,7 @@ def run_fn(fn_args: FnArgs) -> None:
             # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. Workers
             # of a multi-worker job would each need the chief's checkpoints: not supported yet.
             checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints") if cluster_workers() <= 1 else None,
-            checkpoint_every_steps=config.checkpoint_every_steps,
+            checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
     report = freeze_report(config, plans, checks, metrics)
     logging.info("Freeze check passed for every phase: %s", report["phases"])

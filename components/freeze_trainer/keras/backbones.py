@@ -113,15 +113,16 @@ def build_backbone(
 
 @tf.keras.utils.register_keras_serializable(package="freeze_trainer")
 class BackbonePreprocessing(tf.keras.layers.Layer):
-    """Maps images scaled to [0, 1] to what the named backbone's pretrained weights expect."""
+    """Maps images scaled to [0, 1] to what the named backbone's pretrained weights expect; without a
+    name (a base of the user's own), images pass unchanged."""
 
-    def __init__(self, backbone: str, **kwargs):
+    def __init__(self, backbone: str | None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self._preprocess_input = backbone_spec(backbone).module.preprocess_input
+        self._preprocess_input = backbone_spec(backbone).module.preprocess_input if backbone else None
 
     def call(self, images):
-        return self._preprocess_input(images * 255.0)
+        return self._preprocess_input(images * 255.0) if self._preprocess_input else images
 
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.freeze_trainer.example_feed import ExampleFeed
-from components.freeze_trainer.freeze_plan import PhasePlan
-from components.freeze_trainer.freeze_proof import FreezeCheck
-from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
-from components.freeze_trainer.phase_runner import run_phases
+from freeze_trainer.keras.example_feed import ExampleFeed
+from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.freeze_proof import FreezeCheck
+from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.phase_runner import run_phases
 
 
 class _Steps:
     """The compiled train and eval steps of one phase."""
 
-    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool):
+    def __init__(self, model, variables, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool):
         self.model = model
         self.strategy = strategy
-        self.variables = list(model.trainable_variables)  # this phase's, fixed at trace time
+        self.variables = list(variables)  # the plan's trainable variables, fixed at trace time
         self.loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE)
         self.scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         self.optimizer = optimizer
@@ -90,13 +90,13 @@ def train_with_gradient_tape(
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
     strategy = strategy or tf.distribute.get_strategy()
 
-    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, batches: tf.data.Dataset,
+    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, trainable, batches: tf.data.Dataset,
                     evaluation: tf.data.Dataset | None, first: int, end_epoch: int, per_epoch: int, extra: list):
         step_optimizer = phase_optimizer
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
-        steps = _Steps(phase_model, step_optimizer, strategy, jit_compile)
+        steps = _Steps(phase_model, trainable, step_optimizer, strategy, jit_compile)
         batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
         distributed_eval = strategy.experimental_distribute_dataset(evaluation) if evaluation is not None else None
         # Keras' ProgbarLogger would average the loop's running means again, as they are not the

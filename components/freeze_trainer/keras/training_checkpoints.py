@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import tensorflow as tf
 
-from components.freeze_trainer.freeze_proof import FreezeCheck, Snapshot
+from freeze_trainer.keras.freeze_proof import FreezeCheck, Snapshot
 
 CHECKPOINTS_KEPT = 3
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.freeze_trainer.example_feed import ExampleFeed
-from components.freeze_trainer.freeze_plan import PhasePlan
-from components.freeze_trainer.freeze_proof import FreezeCheck
-from components.freeze_trainer.layer_rate_optimizer import LayerRateAdam
-from components.freeze_trainer.phase_runner import run_phases
+from freeze_trainer.keras.example_feed import ExampleFeed
+from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.freeze_proof import FreezeCheck
+from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.phase_runner import run_phases
 
 
 def train_with_fit(
@@ -26,7 +26,7 @@ def train_with_fit(
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
 
-    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, batches: tf.data.Dataset,
+    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, _trainable, batches: tf.data.Dataset,
                     evaluation: tf.data.Dataset | None, first: int, end: int, steps: int, extra: list):
         # Changing `trainable` takes effect in `fit` only after a compile; the optimizer and its
         # moments carry over.

@@ -1,1 +1,0 @@
-"""TFX components of the freeze-policy trainer plugin."""

@@ -1,0 +1,1 @@
+"""Command-line tools; TensorFlow is imported only by the commands that build a model."""

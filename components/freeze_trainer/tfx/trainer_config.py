@@ -1,0 +1,168 @@
+"""The trainer's parameters: one table, and the typed configuration validated from it.
+
+`TrainerConfig`'s fields are the table. Each is declared once, with its type, default, one-line doc and
+whether a pipeline run may override it (`per_run`). The component spec, the component's keyword
+arguments and docstring, the executor, the local runner's options, `create_pipeline`, the Kubeflow
+compile flags and the KFP/Vertex runtime parameters are all derived from it (`TRAINER_PARAMETERS`).
+
+This module imports no TensorFlow, so command-line `--help` and policy checks stay fast.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy, PolicyError, parse_policy
+from freeze_trainer.policy.validation import first_error
+
+CUSTOM_CONFIG_KEY = "freeze_trainer"
+
+
+class ConfigError(ValueError):
+    """A bad trainer parameter other than the policy; `key` names the parameter."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        super().__init__(f"{key}: {reason}")
+
+
+def _parameter(default: Any, doc: str, *, per_run: bool = True):
+    """A table row: `per_run=False` marks a compile-time parameter (fixed when a pipeline is compiled)."""
+    return Field(default, description=doc, json_schema_extra={"per_run": per_run})
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    freeze_policy: FreezePolicy = _parameter(
+        FROZEN_BASE_POLICY, "The freeze policy: JSON or YAML text (the language of `freeze-policy schema`)."
+    )
+    backbone: str = _parameter(
+        "MobileNetV2", "The keras.applications architecture of the pretrained base.", per_run=False
+    )
+    backbone_weights: str = _parameter(
+        "imagenet", "`imagenet`, `none`, a weights file, or a `.keras` backbone (local path or URI)."
+    )
+    backbone_alpha: PositiveFloat | None = _parameter(
+        None, "Width multiplier of MobileNet backbones; unset: the architecture's default.", per_run=False
+    )
+    epochs: PositiveInt = _parameter(10, "Epochs of a phase that sets neither `epochs` nor `steps`.")
+    learning_rate: PositiveFloat = _parameter(1e-2, "The head's learning rate where a phase sets none.")
+    batch_size: PositiveInt = _parameter(32, "Examples per training batch (global, across replicas).")
+    dropout: float = _parameter(0.2, "Dropout rate before the new head's classifier.")
+    seed: int = _parameter(0, "Seed of weight initialisation, shuffling and dropout.")
+    training_loop: Literal["fit", "gradient_tape"] = _parameter("fit", "Keras `fit`, or a `tf.GradientTape` loop.")
+    distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = _parameter(
+        "auto", "The tf.distribute strategy; `auto` picks from TF_CONFIG and the local GPUs.", per_run=False
+    )
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = _parameter(
+        "none", "Keras mixed-precision policy; the head's softmax stays float32."
+    )
+    jit_compile: bool = _parameter(False, "XLA-compile the forward and backward pass.")
+    feature_cache: Literal["auto", "off"] = _parameter(
+        "auto", "`auto` trains the head on base features computed once in phases whose whole base is frozen."
+    )
+    feature_cache_memory_mb: PositiveInt = _parameter(1024, "Cached features beyond this many MB go to disk.")
+    checkpoint_every_steps: NonNegativeInt = _parameter(
+        0, "Save a training checkpoint every N steps of a phase; 0: at every epoch's end."
+    )
+
+    @field_validator("dropout")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return value
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from freeze_trainer.keras.backbones import BACKBONES  # TensorFlow: only when a config is validated
+
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        return name
+
+    @field_validator("freeze_policy", mode="before")
+    @classmethod
+    def _parse_policy_text(cls, value):
+        return parse_policy(value) if isinstance(value, str) else value
+
+    @classmethod
+    def from_parameters(cls, **values) -> TrainerConfig:
+        """Validates pipeline parameters; `None` means the default. The policy is parsed first so that
+        its errors surface as PolicyError with the policy's own key path."""
+        values = {key: value for key, value in values.items() if value is not None}
+        if isinstance(values.get("freeze_policy"), str):
+            values["freeze_policy"] = parse_policy(values["freeze_policy"])
+        try:
+            return cls.model_validate(values)
+        except pydantic.ValidationError as err:
+            raise ConfigError(*first_error(err)) from None
+
+    def parameter_values(self) -> dict[str, Any]:
+        """Every parameter as a pipeline value (the policy as canonical JSON, booleans as 0/1)."""
+        return {parameter.name: parameter.pipeline_value(getattr(self, parameter.name)) for parameter in TRAINER_PARAMETERS}
+
+
+@dataclass(frozen=True)
+class TrainerParameter:
+    """One row of the table, as the component spec, the runners and the compiler use it."""
+
+    name: str
+    annotation: Any
+    default: Any
+    doc: str
+    per_run: bool
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return typing.get_args(self.annotation) if typing.get_origin(self.annotation) is Literal else None
+
+    @property
+    def pipeline_type(self) -> type:
+        """The TFX ExecutionParameter / RuntimeParameter type: str, int or float (booleans travel as 0/1)."""
+        if self.annotation is FreezePolicy or self.choices:
+            return str
+        for kind in (bool, int, float, str):
+            if _admits(self.annotation, kind):
+                return int if kind is bool else kind
+        raise TypeError(f"{self.name}: no pipeline type for {self.annotation}")
+
+    @property
+    def is_flag(self) -> bool:
+        return _admits(self.annotation, bool)
+
+    def pipeline_value(self, value: Any) -> Any:
+        if isinstance(value, FreezePolicy):
+            return value.canonical_json()
+        return int(value) if isinstance(value, bool) else value
+
+    @property
+    def pipeline_default(self) -> Any:
+        return self.pipeline_value(self.default)
+
+
+def _admits(annotation: Any, kind: type) -> bool:
+    """Whether `annotation` (PositiveInt, `float | None`, ...) is, or holds, `kind`."""
+    if annotation is kind or typing.get_origin(annotation) is typing.Annotated and typing.get_args(annotation)[0] is kind:
+        return True
+    return any(_admits(arg, kind) for arg in typing.get_args(annotation) if typing.get_origin(annotation) is not Literal)
+
+
+TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
+    TrainerParameter(
+        name=name,
+        annotation=field.rebuild_annotation(),
+        default=field.default,
+        doc=field.description,
+        per_run=field.json_schema_extra["per_run"],
+    )
+    for name, field in TrainerConfig.model_fields.items()
+)
+TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETERS)

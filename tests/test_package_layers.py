@@ -1,0 +1,93 @@
+"""The installed package's architecture: policy -> keras -> tfx -> cli, each importing nothing above it,
+and one parameter table that every way of running the trainer reaches."""
+
+import ast
+import os
+import re
+
+import pytest
+
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETERS
+from tests.conftest import REPO_ROOT
+
+PACKAGE = os.path.join(REPO_ROOT, "components", "freeze_trainer")
+LAYERS = ["policy", "keras", "tfx", "cli"]
+# Third-party packages a layer must not import, on top of the layers above it.
+FORBIDDEN = {"policy": {"tensorflow", "tf_keras", "keras", "tfx", "tensorflow_transform", "numpy"},
+             "keras": {"tfx", "tensorflow_transform", "tensorflow_model_analysis", "tfx_bsl"}}
+
+
+def _imports(path: str) -> set[str]:
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):  # function-level imports count too
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_imports_nothing_from_the_layers_above_it(layer):
+    above = {f"freeze_trainer.{name}" for name in LAYERS[LAYERS.index(layer) + 1:]}
+    folder = os.path.join(PACKAGE, layer)
+    offending = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            for imported in _imports(os.path.join(folder, name)):
+                top = imported.split(".")[0]
+                if any(imported == a or imported.startswith(a + ".") for a in above) or top in FORBIDDEN.get(layer, ()):
+                    offending.append(f"{layer}/{name} imports {imported}")
+    assert not offending
+
+
+def test_every_parameter_reaches_the_local_runner_and_a_compiled_pipeline():
+    """Per-run parameters are runtime parameters of the compiled spec and options of the local runner;
+    compile-time ones are flags of the compiler and options of the local runner."""
+    import local_runner
+    from kubeflow import compile_pipeline as compile_cli
+    from kubeflow.pipeline_definition import PARAMETER_NAMES
+
+    runner_options = {param.name for param in local_runner.main.params}
+    compile_options = {param.name for param in compile_cli.main.params}
+    unreachable = []
+    for parameter in TRAINER_PARAMETERS:
+        if parameter.name not in runner_options:
+            unreachable.append(f"{parameter.name}: no local runner option")
+        if parameter.per_run and parameter.name not in PARAMETER_NAMES:
+            unreachable.append(f"{parameter.name}: per-run but not a runtime parameter of the compiled pipeline")
+        if parameter.name not in compile_options:
+            unreachable.append(f"{parameter.name}: no compile flag")
+    assert not unreachable
+
+
+def test_the_component_spec_and_signature_come_from_the_table():
+    import inspect
+
+    from freeze_trainer import FreezeTrainer
+    from freeze_trainer.tfx.component import FreezeTrainerSpec
+
+    names = [parameter.name for parameter in TRAINER_PARAMETERS]
+    assert set(names) <= set(FreezeTrainerSpec.PARAMETERS)
+    signature = inspect.signature(FreezeTrainer.__init__)
+    assert set(names) <= set(signature.parameters)
+    for parameter in TRAINER_PARAMETERS:
+        assert parameter.doc in FreezeTrainer.__doc__ or parameter.name == "freeze_policy"
+    with pytest.raises(TypeError, match="unknown parameter.*'epoch'"):
+        FreezeTrainer(examples=None, transform_graph=None, freeze_policy="{}", epoch=3)
+
+
+def test_the_readme_parameter_table_is_the_table():
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| `([^`]*)` \| (per run|compile time) \| (.+?) \|$", readme, re.M)
+    assert [(name, kind, default, when, doc) for name, kind, default, when, doc in rows] == [
+        (p.name, p.pipeline_type.__name__, _readme_default(p), "per run" if p.per_run else "compile time", p.doc)
+        for p in TRAINER_PARAMETERS
+    ]
+
+
+def _readme_default(parameter) -> str:
+    return "frozen base" if parameter.name == "freeze_policy" else str(parameter.pipeline_default)
