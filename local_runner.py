@@ -3,12 +3,21 @@
     python local_runner.py                                  # the embedded demo (make run)
     python local_runner.py --freeze-policy policy.yaml --epochs 3 --output-dir /tmp/run
     python local_runner.py --retrain --freeze-policy kubeflow/policies/retrain_top_block.json   # cron-able
+
+One run at a time per --output-dir: while one holds `<output-dir>/.run.lock`, another exits at once with
+status 75 (EX_TEMPFAIL) and one line naming it (pid, host, start time). A killed run leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
+import fcntl
+import importlib.util
 import json
 import os
+import shutil
+import socket
 import sys
 import time
 
@@ -17,6 +26,7 @@ import click
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
 from freeze_trainer.keras.backbones import BackboneError
+from freeze_trainer.keras.classifier_model import HeadError
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
 from freeze_trainer.tfx.trainer_model import plan_for_config
@@ -25,23 +35,88 @@ from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, trans
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 PIPELINE_NAME = "freeze-trainer-demo"
+LOCK_FILE = ".run.lock"
+EXIT_OUTPUT_DIR_BUSY = 75  # EX_TEMPFAIL: another run holds the output folder; try again later
 
 
-def validated_config(image_size: int, **values) -> TrainerConfig:
-    """The trainer configuration, checked against the backbone's layers before any data is read."""
+def lock_output_dir(output_dir: str) -> None:
+    """Holds an exclusive flock on `<output_dir>/.run.lock` until this process exits, or exits at once
+    with one line naming the run that holds it. The kernel drops the lock when its holder dies, so a
+    killed run leaves no stale lock; the file only says who holds it (pid, host, start time)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note stays readable
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = {}
+        for _ in range(20):  # the holder writes its note just after it takes the lock
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+                break
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        os.close(fd)
+        click.echo(f"error: output folder {output_dir} is in use by another run (pid {holder.get('pid', '?')} on "
+                   f"{holder.get('host', '?')}, started {holder.get('started', '?')}); not started", err=True)
+        sys.exit(EXIT_OUTPUT_DIR_BUSY)
+    note = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(note).encode(), 0)
+
+    def release():
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    atexit.register(release)
+
+
+def validated_config(image_size: int, trainer_module: str | None, **values) -> TrainerConfig:
+    """The trainer configuration, checked against the model's layers before any data is read."""
     try:
         config = TrainerConfig.from_parameters(**values)
-        plan_for_config(config, (image_size, image_size, 3))
-    except (PolicyError, ConfigError, BackboneError) as err:
+        build_model = load_build_model(trainer_module) if trainer_module else None
+        plan_for_config(config, (image_size, image_size, 3), build_model=build_model)
+    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
         raise click.UsageError(str(err)) from None
     return config
+
+
+def imported_file_folder(path: str, output_dir: str, name: str) -> str:
+    """A folder under `output_dir` holding only a copy of `path`: TFX imports folders, and readers take
+    the one file in them."""
+    folder = os.path.join(output_dir, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    shutil.copy(path, folder)
+    return folder
+
+
+def load_build_model(module_file: str):
+    """The module's `build_model` hook, or None for a module with a `run_fn` (it plans for itself)."""
+    spec = importlib.util.spec_from_file_location("user_trainer_module", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "build_model", None) if not hasattr(module, "run_fn") else None
 
 
 @click.command()
 @click.option("--output-dir", default=os.path.join(REPO_ROOT, "runs"), show_default=True,
               help="Pipeline root, ML Metadata store, data and pushed models go here.")
-@trainer_parameter_options(defaults={"backbone_weights": DEFAULT_BACKBONE_PATH})
+@trainer_parameter_options(defaults={"backbone_weights": DEFAULT_BACKBONE_PATH},
+                           aliases={"feature_key": "--image-key"})
 @click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
+@click.option("--transform-module", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A module file with your own Transform preprocessing_fn; default: the bundled image one.")
+@click.option("--trainer-module", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A module file with a run_fn, or a build_model(config, contract) hook.")
+@click.option("--train-steps", type=int, default=None, help="train_args.num_steps: training steps in all.")
+@click.option("--eval-steps", type=int, default=None, help="eval_args.num_steps: evaluation batches.")
+@click.option("--hyperparameters", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A KerasTuner best-hyperparameters JSON file; the values it names override the trainer's.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
@@ -49,10 +124,12 @@ def validated_config(image_size: int, **values) -> TrainerConfig:
 @click.option("--retrain", is_flag=True,
               help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
-def main(output_dir, image_size, data_root, sample, accuracy_floor, retrain, **kwargs):
+def main(output_dir, image_size, transform_module, trainer_module, train_steps, eval_steps, hyperparameters, data_root,
+         sample, accuracy_floor, retrain, **kwargs):
     parameters = pop_trainer_parameters(kwargs)
     parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
-    config = validated_config(image_size, **parameters)
+    config = validated_config(image_size, trainer_module, **parameters)
+    lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
@@ -70,6 +147,11 @@ def main(output_dir, image_size, data_root, sample, accuracy_floor, retrain, **k
         serving_dir=os.path.join(output_dir, "serving"),
         **config.parameter_values(),
         image_size=image_size,
+        transform_module_file=transform_module and os.path.abspath(transform_module),
+        trainer_module_file=trainer_module and os.path.abspath(trainer_module),
+        train_steps=train_steps,
+        eval_steps=eval_steps,
+        hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, output_dir, "hyperparameters"),
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
         retrain=retrain,

@@ -122,7 +122,7 @@ def run_stock_pipeline(output_dir: str, overrides: dict, beam_args: str, api: st
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(config["accuracy_floor"], config["max_accuracy_drop"]),
+        eval_config=eval_config("multiclass", "label_xf", config["accuracy_floor"], config["max_accuracy_drop"]),
     )
     pusher = Pusher(
         model=trainer.outputs["model"],

@@ -11,8 +11,8 @@ top-level execution parameters, never inside `custom_config`.
 
 What a run cannot change is fixed here at compile time: the image, the pipeline root, the serving
 directory, the image size (Transform's custom_config), the table's compile-time parameters (backbone,
-backbone_alpha, distribution), the trainer's node resources and the Vertex job's worker pools. Resources
-cannot be pipeline parameters: in `kfp-pipeline-spec` 0.2.2 (kfp 2.5.0 pins it; TFX 1.16 asks for
+backbone_alpha, distribution), the trainer's node resources, its retry policy, the Beam arguments of
+every task (`BEAM_PRESETS`) and the Vertex job's worker pools. Resources cannot be pipeline parameters: in `kfp-pipeline-spec` 0.2.2 (kfp 2.5.0 pins it; TFX 1.16 asks for
 >=0.2.2) the container `ResourceSpec` has `cpu_limit`, `memory_limit`, `cpu_request`, `memory_request` as
 doubles and `accelerator.count` as int64, with no field for a parameter placeholder, and TFX 1.16's
 compiler (`kubeflow/v2/step_builder.py`) copies the node's `ResourceSpec` into the spec as it is. Compile
@@ -22,10 +22,10 @@ one spec per resource profile instead.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, TrainerConfig
 
@@ -34,6 +34,18 @@ TRAINER_NODE_ID = "FreezeTrainer"
 # parameters of the table.
 PARAMETER_TYPES = {"data_root": str, **{p.name: p.pipeline_type for p in TRAINER_PARAMETERS if p.per_run}}
 PARAMETER_NAMES = tuple(PARAMETER_TYPES)
+
+# The Beam arguments of every task of a compiled spec (TFX's KubeflowV2DagRunner puts the pipeline's
+# beam_pipeline_args on every container; the Beam components, ImportExampleGen, StatisticsGen, Transform
+# and Evaluator, run their Beam pipelines with them). `dataflow` adds DataflowOptions.beam_args.
+BEAM_PRESETS: dict[str, tuple[str, ...]] = {
+    # One in-process worker: small data, tests.
+    "local": ("--direct_running_mode=in_memory", "--direct_num_workers=1"),
+    # Beam's DirectRunner with one worker process per core of the task's machine (0: as many as cores).
+    "multi_processing": ("--direct_running_mode=multi_processing", "--direct_num_workers=0"),
+    "dataflow": (),
+}
+BeamPreset = Literal["local", "multi_processing", "dataflow"]
 
 
 class _Options(BaseModel):
@@ -61,14 +73,64 @@ class TrainerResources(_Options):
         from kfp.pipeline_spec import pipeline_spec_pb2
 
         spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+        # Requests equal to the limits: the scheduler places the pod on a node that has what it may use
+        # (Kubernetes' Guaranteed class, so a busy node does not evict a long training first).
         if self.cpu is not None:
-            spec.cpu_limit = self.cpu
+            spec.cpu_limit = spec.cpu_request = self.cpu
         if self.memory_gb is not None:
-            spec.memory_limit = self.memory_gb
+            spec.memory_limit = spec.memory_request = self.memory_gb
         if self.accelerator_type:
             spec.accelerator.type = self.accelerator_type
             spec.accelerator.count = self.accelerator_count
         return spec
+
+
+class TrainerRetry(_Options):
+    """The retry policy of the trainer task (KFP 2 and Vertex AI Pipelines retry a failed task, e.g. one
+    whose node was preempted). A retried attempt gets the same executor input, so it writes into the same
+    ModelRun and resumes from the last checkpoint there (`run_fn`'s `<ModelRun>/checkpoints`)."""
+
+    retries: NonNegativeInt = Field(0, description="Retries after a failed attempt; 0: none")
+    backoff_seconds: NonNegativeInt = Field(60, description="Wait before the first retry")
+    backoff_factor: float = Field(2.0, ge=1.0, description="Each further wait is this much longer")
+    max_backoff_seconds: PositiveInt = Field(3600, le=3600, description="Longest wait (KFP caps it at an hour)")
+
+    def retry_policy(self) -> dict | None:
+        """`PipelineTaskSpec.retryPolicy` as the compiled JSON carries it, or None without retries. Built
+        by the KFP SDK's own `RetryPolicy`, so it is what `PipelineTask.set_retry` would compile."""
+        if not self.retries:
+            return None
+        from google.protobuf import json_format
+        from kfp.dsl import structures
+
+        policy = structures.RetryPolicy(
+            max_retry_count=self.retries,
+            backoff_duration=f"{self.backoff_seconds}s",
+            backoff_factor=self.backoff_factor,
+            backoff_max_duration=f"{self.max_backoff_seconds}s",
+        )
+        return json_format.MessageToDict(policy.to_proto())
+
+
+class DataflowOptions(_Options):
+    """Runs the Beam components on Dataflow, with the pipeline image as the workers' SDK container, so the
+    workers import the Transform function and the trainer code from the same install as the tasks."""
+
+    project: str = Field(..., min_length=1)
+    region: str = Field(..., min_length=1)
+    temp_location: str = Field(..., pattern=r"^gs://.+", description="gs:// folder for Dataflow's temp files")
+
+    def beam_args(self, image: str) -> tuple[str, ...]:
+        return (
+            "--runner=DataflowRunner",
+            f"--project={self.project}",
+            f"--region={self.region}",
+            f"--temp_location={self.temp_location}",
+            f"--sdk_container_image={image}",
+            # The image has Beam installed (the lock's version): the workers use it, nothing is staged.
+            "--sdk_location=container",
+            "--experiments=use_runner_v2",
+        )
 
 
 class VertexTraining(_Options):
@@ -128,12 +190,17 @@ class CompileOptions(_Options):
     # arguments named like the table's parameters (epochs=3, ...) are collected into it.
     trainer: TrainerConfig = TrainerConfig()
     image_size: PositiveInt = 224
+    train_steps: PositiveInt | None = Field(None, description="train_args.num_steps: training steps in all")
+    eval_steps: PositiveInt | None = Field(None, description="eval_args.num_steps: evaluation batches")
     accuracy_floor: float = Field(0.5, ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(0.02, ge=0.0)
     retrain: bool = False
     enable_cache: bool = False
-    beam_pipeline_args: tuple[str, ...] | None = None
+    beam_preset: BeamPreset = "multi_processing"
+    dataflow: DataflowOptions | None = Field(None, description="With beam_preset dataflow")
+    beam_pipeline_args: tuple[str, ...] | None = Field(None, description="Added after the preset's (and win)")
     trainer_resources: TrainerResources = TrainerResources()
+    trainer_retry: TrainerRetry = TrainerRetry()
     vertex_training: VertexTraining | None = None
 
     @model_validator(mode="before")
@@ -147,6 +214,19 @@ class CompileOptions(_Options):
             **dict(values.get("trainer") or {}), **{key: values[key] for key in TRAINER_PARAMETER_NAMES if key in values}
         })
         return rest
+
+    @model_validator(mode="after")
+    def _dataflow_with_its_preset(self) -> CompileOptions:
+        if self.beam_preset == "dataflow" and self.dataflow is None:
+            raise ValueError("beam_preset dataflow needs the dataflow project, region and temp_location")
+        if self.beam_preset != "dataflow" and self.dataflow is not None:
+            raise ValueError(f"dataflow options need beam_preset dataflow, not {self.beam_preset!r}")
+        return self
+
+    def beam_args(self) -> tuple[str, ...]:
+        """The Beam arguments of every task: the preset's, then `beam_pipeline_args`."""
+        preset = self.dataflow.beam_args(self.image) if self.beam_preset == "dataflow" else BEAM_PRESETS[self.beam_preset]
+        return (*preset, *(self.beam_pipeline_args or ()))
 
     @model_validator(mode="after")
     def _workers_need_multi_worker(self) -> CompileOptions:
@@ -190,9 +270,11 @@ def build_pipeline(options: CompileOptions):
         pipeline_root=options.pipeline_root,
         serving_dir=options.serving_dir,
         image_size=options.image_size,
+        train_steps=options.train_steps,
+        eval_steps=options.eval_steps,
         accuracy_floor=options.accuracy_floor,
         max_accuracy_drop=options.max_accuracy_drop,
-        beam_pipeline_args=list(options.beam_pipeline_args) if options.beam_pipeline_args else None,
+        beam_pipeline_args=list(options.beam_args()),
         enable_cache=options.enable_cache,
         retrain=options.retrain,
         trainer_class=trainer_class,
@@ -230,6 +312,10 @@ def compile_pipeline(options: CompileOptions, output_path: str) -> dict:
     root_parameters = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
     for name, value in defaults.items():
         root_parameters[name]["defaultValue"] = value
+    # TFX 1.16's compiler sets no retry policy; the spec (kfp-pipeline-spec 0.2.2) has one per task.
+    retry_policy = options.trainer_retry.retry_policy()
+    if retry_policy is not None:
+        job["pipelineSpec"]["root"]["dag"]["tasks"][TRAINER_NODE_ID]["retryPolicy"] = retry_policy
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     # TFX's own writer: `.yaml` gets the PipelineSpec with KFP's comment header, `.json` the PipelineJob.
     kubeflow_v2_dag_runner._write_pipeline_spec_to_file(  # noqa: SLF001

@@ -28,24 +28,38 @@ def load_digit_pngs(digits: tuple[int, ...], limit: int | None = None) -> tuple[
     return pngs, labels.astype(np.int64)
 
 
-def to_example(png: bytes, label: int) -> tf.train.Example:
+def to_example(png: bytes, label: int | str, image_key: str = "image", label_key: str = "label") -> tf.train.Example:
+    label_feature = (tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode()])) if isinstance(label, str)
+                     else tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])))
     return tf.train.Example(
         features=tf.train.Features(
             feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                label_key: label_feature,
             }
         )
     )
 
 
-def write_digits_examples(output_dir: str, digits: tuple[int, ...] = TARGET_DIGITS, limit: int | None = None) -> str:
-    """Writes the digits as a TFRecord file of tf.Examples for ImportExampleGen; returns `output_dir`."""
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_digits_examples(
+    output_dir: str,
+    digits: tuple[int, ...] = TARGET_DIGITS,
+    limit: int | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    label_names: bool = False,
+) -> str:
+    """Writes the digits as a TFRecord file of tf.Examples for ImportExampleGen; returns `output_dir`.
+    `label_names` writes each label as its English name (a string label) instead of an integer."""
     tf.io.gfile.makedirs(output_dir)
     pngs, labels = load_digit_pngs(digits, limit)
     path = os.path.join(output_dir, "digits.tfrecord")
     with tf.io.TFRecordWriter(path + ".tmp") as writer:
         for png, label in zip(pngs, labels):
-            writer.write(to_example(png, label).SerializeToString())
+            value = DIGIT_NAMES[label] if label_names else label
+            writer.write(to_example(png, value, image_key, label_key).SerializeToString())
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
     return output_dir

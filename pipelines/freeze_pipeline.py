@@ -13,15 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow_model_analysis as tfma
-from tfx.components import Evaluator, ImportExampleGen, Pusher, SchemaGen, StatisticsGen, Transform
+from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform
+from tfx.dsl.components.common.importer import Importer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration import pipeline
-from tfx.proto import pusher_pb2
+from tfx.proto import pusher_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
 from freeze_trainer import FreezeTrainer
-from freeze_trainer.tfx.image_transform import LABEL_KEY, transformed_name
+from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.pusher import Pusher  # unique versions, atomic filesystem pushes
 
 PREPROCESSING_FN = "freeze_trainer.tfx.image_transform.preprocessing_fn"
 
@@ -32,16 +34,29 @@ PREPROCESSING_FN = "freeze_trainer.tfx.image_transform.preprocessing_fn"
 FAST_LOCAL_BEAM_ARGS = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
 
 
-def eval_config(accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalConfig:
-    """Blesses a model whose accuracy clears the floor and is no worse than the baseline by more than
-    `max_accuracy_drop` (the change threshold is skipped when no model was blessed before)."""
+# The metric the Evaluator gates on, per task: TFMA class name, prediction key, whether higher is better.
+GATE_METRICS = {
+    "multiclass": ("SparseCategoricalAccuracy", "probabilities", True),
+    "binary": ("AUC", "probabilities", True),
+    "multi_label": ("BinaryAccuracy", "probabilities", True),
+    "regression": ("MeanSquaredError", "predictions", False),
+}
+
+
+def eval_config(task: str, label_key: str, threshold: float, max_change: float, transformed: bool = True
+                ) -> tfma.EvalConfig:
+    """Blesses a model whose gate metric clears `threshold` (a floor, or a ceiling for regression's MSE) and
+    is no worse than the baseline by more than `max_change` (the change threshold is skipped when no model
+    was blessed before). `task` auto gates as multiclass."""
+    metric, prediction_key, higher_is_better = GATE_METRICS.get(task, GATE_METRICS["multiclass"])
+    bound = {"lower_bound" if higher_is_better else "upper_bound": {"value": threshold}}
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
                 signature_name="serving_default",
-                preprocessing_function_names=["transform_features"],
-                label_key=transformed_name(LABEL_KEY),
-                prediction_key="probabilities",
+                preprocessing_function_names=["transform_features"] if transformed else [],
+                label_key=label_key,
+                prediction_key=prediction_key,
             )
         ],
         slicing_specs=[tfma.SlicingSpec()],
@@ -49,12 +64,13 @@ def eval_config(accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalCon
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(
-                        class_name="SparseCategoricalAccuracy",
+                        class_name=metric,
                         threshold=tfma.MetricThreshold(
-                            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
+                            value_threshold=tfma.GenericValueThreshold(**bound),
                             change_threshold=tfma.GenericChangeThreshold(
-                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                absolute={"value": -max_accuracy_drop},
+                                direction=tfma.MetricDirection.HIGHER_IS_BETTER if higher_is_better
+                                else tfma.MetricDirection.LOWER_IS_BETTER,
+                                absolute={"value": -max_change if higher_is_better else max_change},
                             ),
                         ),
                     )
@@ -62,6 +78,12 @@ def eval_config(accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalCon
             )
         ],
     )
+
+
+def _fixed(trainer_parameters: dict[str, Any], name: str) -> Any:
+    """A compile-time trainer parameter's value: the one given, else the table's default."""
+    value = trainer_parameters.get(name)
+    return TrainerConfig.model_fields[name].default if value is None else value
 
 
 def create_pipeline(
@@ -78,20 +100,33 @@ def create_pipeline(
     retrain: bool = False,
     trainer_class: type[FreezeTrainer] = FreezeTrainer,
     trainer_custom_config: dict | None = None,
+    transform_module_file: str | None = None,
+    trainer_module_file: str | None = None,
+    train_steps: Any = None,
+    eval_steps: Any = None,
+    hyperparameters_uri: str | None = None,
     **trainer_parameters: Any,
 ) -> pipeline.Pipeline:
     """`trainer_parameters` are FreezeTrainer's (the parameter table: `freeze_policy`, `epochs`, ...), values
     or RuntimeParameters. `trainer_class` and `trainer_custom_config` let a runner swap in a FreezeTrainer
     subclass, e.g. the Vertex custom-job trainer of `freeze_trainer.tfx.vertex_trainer`, with its job
-    arguments."""
+    arguments. `transform_module_file` holds the user's own `preprocessing_fn` (default: the bundled image
+    one, which reads the `feature_key` and `label_key` parameters); `trainer_module_file` a `run_fn` or a
+    `build_model` hook. `train_steps` and `eval_steps` are the Trainer's `train_args`/`eval_args`
+    `num_steps`: training steps in all, and evaluation batches. `hyperparameters_uri`, a folder holding one
+    KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is imported and
+    overrides the trainer parameters it names. `accuracy_floor` bounds the gate metric of
+    the trainer's `task` (accuracy; AUC for binary; a ceiling on MSE for regression)."""
+    task, feature_key, label_key = (_fixed(trainer_parameters, name) for name in ("task", "feature_key", "label_key"))
+    transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or f"{label_key}_xf"
     example_gen = ImportExampleGen(input_base=data_root)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"image_size": image_size},
+        **({"module_file": transform_module_file} if transform_module_file else {"preprocessing_fn": PREPROCESSING_FN}),
+        custom_config={"image_size": image_size, "feature_key": feature_key, "label_key": label_key},
         # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
         # statistics would be a second and third pass over every image.
         disable_statistics=True,
@@ -101,19 +136,26 @@ def create_pipeline(
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
+    hyperparameters = Importer(
+        source_uri=hyperparameters_uri, artifact_type=standard_artifacts.HyperParameters
+    ).with_id("hyperparameters_importer") if hyperparameters_uri else None
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
         base_model=model_resolver.outputs["model"] if retrain else None,
+        hyperparameters=hyperparameters.outputs["result"] if hyperparameters else None,
         custom_config=trainer_custom_config,
+        module_file=trainer_module_file,
+        train_args=trainer_pb2.TrainArgs(num_steps=train_steps) if train_steps else None,
+        eval_args=trainer_pb2.EvalArgs(num_steps=eval_steps) if eval_steps else None,
     )
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(accuracy_floor, max_accuracy_drop),
+        eval_config=eval_config(task, transformed_label_key, accuracy_floor, max_accuracy_drop),
     )
     pusher = Pusher(
         model=trainer.outputs["model"],
@@ -125,7 +167,8 @@ def create_pipeline(
     return pipeline.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, transform, trainer, model_resolver, evaluator, pusher],
+        components=[example_gen, statistics_gen, schema_gen, transform, *([hyperparameters] if hyperparameters else []),
+                    trainer, model_resolver, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or FAST_LOCAL_BEAM_ARGS),

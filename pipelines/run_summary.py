@@ -9,23 +9,27 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 ACCURACY = "sparse_categorical_accuracy"
+_BOOKKEEPING = {"example_count", "weighted_example_count"}
 
 
 @dataclass
 class RunSummary:
     run_id: str
     component_seconds: dict[str, float] = field(default_factory=dict)
-    accuracy: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # TFMA's overall metrics
     blessed: bool = False
     pushed_to: str | None = None
     model_properties: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get(ACCURACY)
 
     def lines(self) -> list[str]:
         out = [f"run {self.run_id}"]
         out += [f"  {name:<32} {seconds:7.1f} s" for name, seconds in self.component_seconds.items()]
         out.append(f"  {'components total':<32} {sum(self.component_seconds.values()):7.1f} s")
-        if self.accuracy is not None:
-            out.append(f"  eval accuracy (TFMA)             {self.accuracy:.4f}")
+        out += [f"  eval {name + ' (TFMA)':<27} {value:.4f}" for name, value in self.metrics.items()]
         out.append(f"  blessed: {self.blessed}   pushed to: {self.pushed_to or 'not pushed'}")
         out.append(f"  freeze check: {self.model_properties.get('freeze_check')}")
         return out
@@ -69,7 +73,8 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
             summary.blessed = bool(_custom(artifact, "blessed"))
         elif type_name == "ModelEvaluation":
             metrics = tfma.load_eval_result(artifact.uri).slicing_metrics[0][1]
-            summary.accuracy = metrics[""][""][ACCURACY]["doubleValue"]
+            summary.metrics = {name: value["doubleValue"] for name, value in metrics[""][""].items()
+                               if name not in _BOOKKEEPING and "doubleValue" in value}
         elif type_name == "PushedModel" and _custom(artifact, "pushed"):
             summary.pushed_to = _custom(artifact, "pushed_destination")
     return summary

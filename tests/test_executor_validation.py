@@ -60,4 +60,4 @@ def test_optional_parameters_fall_back_to_defaults():
     config = trainer_config_from_exec_properties(
         _exec_properties('{"version": 1, "rules": [{"freeze": {"base": true}}]}', epochs=None, learning_rate=None)
     )
-    assert config.epochs == 5 and config.learning_rate == 1e-3
+    assert config.epochs == 10 and config.learning_rate == 1e-2

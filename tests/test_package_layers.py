@@ -3,11 +3,10 @@ and one parameter table that every way of running the trainer reaches."""
 
 import ast
 import os
-import re
 
 import pytest
 
-from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETERS
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETERS, parameter_table_markdown
 from tests.conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, "components", "freeze_trainer")
@@ -82,12 +81,5 @@ def test_the_component_spec_and_signature_come_from_the_table():
 def test_the_readme_parameter_table_is_the_table():
     with open(os.path.join(REPO_ROOT, "README.md")) as f:
         readme = f.read()
-    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| `([^`]*)` \| (per run|compile time) \| (.+?) \|$", readme, re.M)
-    assert [(name, kind, default, when, doc) for name, kind, default, when, doc in rows] == [
-        (p.name, p.pipeline_type.__name__, _readme_default(p), "per run" if p.per_run else "compile time", p.doc)
-        for p in TRAINER_PARAMETERS
-    ]
-
-
-def _readme_default(parameter) -> str:
-    return "frozen base" if parameter.name == "freeze_policy" else str(parameter.pipeline_default)
+    assert parameter_table_markdown() in readme
+    assert readme.count("| `") >= len(TRAINER_PARAMETERS)

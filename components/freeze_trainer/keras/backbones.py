@@ -11,6 +11,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from freeze_trainer.keras.model_files import ModelFileError, load_model_file
+
 _apps = tf.keras.applications
 
 
@@ -46,11 +48,17 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise BackboneError(f"backbone: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
 
 
-def block_groups(backbone_name: str | None, layer_names: list[str]) -> list[str]:
-    """Each layer's block, in order. Layers before the first block are `stem`, after the last `top`;
-    unmatched layers between blocks (a pooling layer, say) belong to the block before them. An
-    unknown backbone (a custom model) has no blocks: every layer is `stem`."""
-    pattern = re.compile(BACKBONES[backbone_name].block_pattern) if backbone_name in BACKBONES else None
+def architecture_block_pattern(backbone_name: str | None) -> str | None:
+    """The block pattern of a known keras.applications architecture; None for any other model."""
+    return BACKBONES[backbone_name].block_pattern if backbone_name in BACKBONES else None
+
+
+def block_groups(block_pattern: str | None, layer_names: list[str]) -> list[str]:
+    """Each layer's block, in order: the first capture group of `block_pattern` matched at the start of
+    its name. Layers before the first block are `stem`, after the last `top`; unmatched layers between
+    blocks (a pooling layer, say) belong to the block before them. Without a pattern, or when nothing
+    matches, every layer is `stem`."""
+    pattern = re.compile(block_pattern) if block_pattern else None
     blocks = [(m.group(1) if (m := pattern.match(name)) else None) if pattern else None for name in layer_names]
     matched = [index for index, block in enumerate(blocks) if block]
     if not matched:
@@ -78,21 +86,30 @@ def _local_copy(uri: str, directory: str) -> str:
 
 
 def build_backbone(
-    name: str, weights: str, input_shape: tuple[int, int, int], alpha: float = 1.0
+    name: str | None, weights: str, input_shape: tuple[int, ...] | None, alpha: float = 1.0
 ) -> tf.keras.Model:
-    """Builds `name` with `include_top=False`.
+    """Builds the keras.applications architecture `name` with `include_top=False`, or, without a name,
+    loads any Keras model from a `.keras` file.
 
     `weights` is `imagenet` (Keras downloads them: needs network), `none` (random initialisation),
-    a weights file (`.h5`, `.weights.h5`) for the named architecture, or a saved backbone (`.keras`)
-    that is loaded in Keras safe mode, so a downloaded file can never run code.
+    a weights file (`.h5`, `.weights.h5`) for the named architecture, or a saved model (`.keras`)
+    that is loaded in Keras safe mode, so a downloaded file can never run code. `input_shape` None
+    takes a saved model's own.
     """
-    spec = backbone_spec(name)
-    if min(input_shape[:2]) < spec.min_size:
+    spec = backbone_spec(name) if name else None
+    if spec is None and not is_saved_backbone(weights):
+        raise BackboneError(f"backbone_weights: a custom backbone is a .keras model file, got {weights!r}")
+    if spec and min(input_shape[:2]) < spec.min_size:
         raise BackboneError(f"image_size: {name} needs at least {spec.min_size} px, got {input_shape[:2]}")
     if is_saved_backbone(weights):
+        # The only non-built-in class a saved backbone may name is this project's own.
+        project_objects = {tf.keras.utils.get_registered_name(BackbonePreprocessing): BackbonePreprocessing}
         with tempfile.TemporaryDirectory() as tmp:
-            model = tf.keras.models.load_model(_local_copy(weights, tmp), compile=False, safe_mode=True)
-        if tuple(model.input_shape[1:]) != tuple(input_shape):
+            try:
+                model = load_model_file(_local_copy(weights, tmp), project_objects)
+            except ModelFileError as err:  # named by `weights`: the local copy of a URI is a temporary file
+                raise BackboneError(f"backbone_weights: {weights}: {err.reason}") from None
+        if input_shape is not None and tuple(model.input_shape[1:]) != tuple(input_shape):
             raise BackboneError(
                 f"backbone_weights: the saved backbone takes {model.input_shape[1:]}, the data has {input_shape}"
             )

@@ -1,14 +1,27 @@
-"""The trained model: backbone preprocessing, the backbone, and a new classification head."""
+"""The trained model: a pretrained base and a head, and which of its layers are which.
+
+A policy addresses the base and the head without layer-name conventions. A model built here by
+`build_classifier` (a base with a new head for the task) knows its head; any other Keras model declares
+its head layers with `declare_head`, and the base is every other layer, nested models expanded.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import tensorflow as tf
 from tf_keras.src.engine.base_layer import BaseRandomLayer  # Dropout, GaussianNoise, Random* augmentation
 
-from freeze_trainer.keras.backbones import BackbonePreprocessing, build_backbone
+from freeze_trainer.keras.backbones import BackbonePreprocessing
+from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
-FEATURES_LAYER = HEAD_LAYER_NAMES[0]  # the pooled backbone output: where a frozen base's features are cut
+_HEAD_ATTRIBUTE = "_freeze_trainer_head"  # a declared head's layer names, in call order
+_POOLING = {4: tf.keras.layers.GlobalAveragePooling2D, 3: tf.keras.layers.GlobalAveragePooling1D}
+
+
+class HeadError(ValueError):
+    pass
 
 
 def build_classifier(
@@ -18,8 +31,10 @@ def build_classifier(
     bn_inference_mode: bool,
     dropout: float = 0.2,
     input_name: str = "image",
+    task: Task = MULTICLASS,
 ) -> tf.keras.Model:
-    """Wraps `backbone` with GlobalAveragePooling, dropout and a softmax layer.
+    """Wraps `backbone` with pooling (for image or sequence outputs), dropout and a new output layer for
+    `task` (softmax over `num_classes` for multiclass).
 
     With `bn_inference_mode` the backbone is called with `training=False`, so its BatchNorm layers use
     and keep their moving statistics even while `fit` trains the rest (the Keras transfer-learning
@@ -28,11 +43,55 @@ def build_classifier(
     inputs = tf.keras.Input(shape=backbone.input_shape[1:], name=input_name)
     x = BackbonePreprocessing(backbone_name, name="backbone_preprocessing")(inputs)
     x = backbone(x, training=False if bn_inference_mode else None)
-    x = tf.keras.layers.GlobalAveragePooling2D(name=HEAD_LAYER_NAMES[0])(x)
+    pooling = _POOLING.get(len(x.shape), tf.keras.layers.Identity)
+    x = pooling(name=HEAD_LAYER_NAMES[0])(x)
     x = tf.keras.layers.Dropout(dropout, name=HEAD_LAYER_NAMES[1])(x)
     # The head stays float32 even under a mixed-precision policy: softmax in float16 loses accuracy.
-    outputs = tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD_LAYER_NAMES[2])(x)
+    outputs = tf.keras.layers.Dense(
+        task.units(num_classes), activation=task.activation, dtype="float32", name=HEAD_LAYER_NAMES[2]
+    )(x)
     return tf.keras.Model(inputs, outputs, name="classifier")
+
+
+def declare_head(model: tf.keras.Model, layer_names: Sequence[str]) -> tf.keras.Model:
+    """Marks the named top-level layers (in call order) as `model`'s head: they always train, and every
+    other layer is the base a policy freezes. Returns the model."""
+    names = [layer.name for layer in model.layers]
+    missing = [name for name in layer_names if name not in names]
+    if not layer_names or missing:
+        raise HeadError(f"head_layers: {missing[0] if missing else 'nothing'!r} is not a layer of model "
+                        f"{model.name!r}; its layers are {', '.join(names)}")
+    object.__setattr__(model, _HEAD_ATTRIBUTE, tuple(layer_names))  # a plain attribute Keras does not track
+    return model
+
+
+def head_layer_names(model: tf.keras.Model) -> tuple[str, ...]:
+    return getattr(model, _HEAD_ATTRIBUTE, HEAD_LAYER_NAMES)
+
+
+def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    try:
+        return [model.get_layer(name) for name in head_layer_names(model)]
+    except ValueError:
+        raise HeadError(f"model {model.name!r} has no head: build it with build_classifier or declare its head "
+                        "layers (the trainer's head_layers parameter)") from None
+
+
+def base_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    """The base's layers in order: every layer outside the head, with nested models' layers expanded, and
+    without input layers or the classifier's own input adapter (`BackbonePreprocessing`)."""
+    head = set(head_layer_names(model))
+
+    def expand(layers):
+        for layer in layers:
+            if isinstance(layer, (tf.keras.layers.InputLayer, BackbonePreprocessing)) or layer.name in head:
+                continue
+            if isinstance(layer, tf.keras.Model):
+                yield from expand(layer.layers)
+            else:
+                yield layer
+
+    return list(expand(model.layers))
 
 
 def backbone_of(model: tf.keras.Model) -> tf.keras.Model:
@@ -44,27 +103,37 @@ def backbone_of(model: tf.keras.Model) -> tf.keras.Model:
 
 
 def backbone_name_of(model: tf.keras.Model) -> str | None:
-    """The keras.applications name the classifier was built for."""
-    return model.get_layer("backbone_preprocessing").backbone
+    """The keras.applications name the classifier was built for; None for a model of the user's own."""
+    adapters = [layer for layer in model.layers if isinstance(layer, BackbonePreprocessing)]
+    return adapters[0].backbone if adapters else None
 
 
-def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
-    return [model.get_layer(name) for name in HEAD_LAYER_NAMES]
+def _features_cut(model: tf.keras.Model) -> int:
+    """How many leading head layers belong to the feature extractor: those without weights or randomness
+    (pooling, say), so that the cached features are as small as the head's first trained layer sees them."""
+    head = head_layers(model)
+    count = 0
+    while count < len(head) - 1 and not head[count].weights and not isinstance(head[count], BaseRandomLayer):
+        count += 1
+    return count
 
 
 def feature_extractor(model: tf.keras.Model) -> tf.keras.Model:
-    """The classifier up to the pooled backbone features (no weights of its own)."""
-    return tf.keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output, name="feature_extractor")
+    """The model up to the features the head trains on (no weights of its own)."""
+    head, cut = head_layers(model), _features_cut(model)
+    features = head[cut - 1].output if cut else head[0].input
+    return tf.keras.Model(model.inputs, features, name="feature_extractor")
 
 
 def head_on_features(model: tf.keras.Model) -> tf.keras.Model:
-    """The classifier's layers after the features, as a model over feature vectors; it shares the
-    classifier's layer objects, so training it trains the classifier's head."""
-    features_layer = model.get_layer(FEATURES_LAYER)
-    features = tf.keras.Input(shape=features_layer.output_shape[1:], dtype=features_layer.output.dtype, name="features")
+    """The head's layers after the features, applied in order, as a model over feature vectors; it shares
+    the model's layer objects, so training it trains the model's head. The head must be a chain."""
+    head, extractor = head_layers(model), feature_extractor(model)
+    spec = extractor.output
+    features = tf.keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name="features")
     x = features
-    for name in HEAD_LAYER_NAMES[1:]:
-        x = model.get_layer(name)(x)
+    for layer in head[_features_cut(model):]:
+        x = layer(x)
     return tf.keras.Model(features, x, name="head_on_features")
 
 
@@ -77,7 +146,8 @@ def random_layers_before_features(model: tf.keras.Model) -> list[str]:
     features of an example then differ every epoch and cannot be cached. Layers inside a model that the
     classifier calls with `training=False` (the backbone in BatchNorm inference mode) do not count."""
     found = []
-    pending = [layer for layer in model.layers if layer.name not in HEAD_LAYER_NAMES]
+    head = set(head_layer_names(model))
+    pending = [layer for layer in model.layers if layer.name not in head]
     while pending:
         layer = pending.pop(0)
         if isinstance(layer, BaseRandomLayer):

@@ -9,6 +9,7 @@ from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.freeze_proof import FreezeCheck
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.phase_runner import run_phases
+from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 
 def train_with_fit(
@@ -23,6 +24,7 @@ def train_with_fit(
     jit_compile: bool = False,
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
+    task: Task = MULTICLASS,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
 
@@ -32,8 +34,8 @@ def train_with_fit(
         # moments carry over.
         phase_model.compile(
             optimizer=phase_optimizer,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            loss=task.loss(),
+            metrics=task.metrics(),
             jit_compile=jit_compile,
         )
         history = phase_model.fit(

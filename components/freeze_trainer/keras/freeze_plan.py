@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import block_groups
+from freeze_trainer.keras.backbones import architecture_block_pattern, block_groups
 from freeze_trainer.keras.classifier_model import (
     backbone_name_of,
-    backbone_of,
+    base_layers,
     head_layers,
     random_layers_before_features,
 )
@@ -106,6 +106,19 @@ class PhasePlan:
         frozen = [v for v in model.variables if v.ref() not in trainable and v.ref() not in moving]
         return VariableSplit(tuple(trainable.values()), tuple(moving.values()), tuple(frozen))
 
+    def transition(self) -> dict:
+        """How the phase starts and ends, for reports: its optimizer state mode, warm-up and restore_best."""
+        warmup = self.phase.warmup
+        return {
+            "optimizer_state": self.phase.optimizer_state_mode,
+            "warmup": warmup.as_dict() if warmup else None,
+            "restore_best": self.phase.restores_best,
+        }
+
+    def trainable_layers(self) -> set[str]:
+        """Names of the layers whose weights train in this phase."""
+        return {state.name for state in self.layers if state.trainable and state.trainable_params}
+
     @property
     def trainable_params(self) -> int:
         return sum(state.trainable_params for state in self.layers)
@@ -138,17 +151,16 @@ class _Addressable:
 
 
 def policy_layers(model: tf.keras.Model) -> tuple[list[tf.keras.layers.Layer], list[tf.keras.layers.Layer]]:
-    """The layers a policy can address: the backbone's (in order) and the head's."""
-    backbone = [layer for layer in backbone_of(model).layers if not isinstance(layer, tf.keras.layers.InputLayer)]
-    return backbone, head_layers(model)
+    """The layers a policy can address: the base's (in order) and the head's."""
+    return base_layers(model), head_layers(model)
 
 
-def _addressable(model: tf.keras.Model, auto_groups: int) -> _Addressable:
+def _addressable(model: tf.keras.Model, auto_groups: int, block_pattern: str | None) -> _Addressable:
     backbone, head = policy_layers(model)
     names = [layer.name for layer in backbone]
     chunks = np.array_split(np.arange(len(names)), min(auto_groups, len(names)))
     auto = {names[index]: number for number, chunk in enumerate(chunks) for index in chunk}
-    groups = dict(zip(names, block_groups(backbone_name_of(model), names)))
+    groups = dict(zip(names, block_groups(block_pattern or architecture_block_pattern(backbone_name_of(model)), names)))
     for layer in head:
         groups[layer.name] = HEAD_GROUP
     return _Addressable(backbone, head, groups, auto)
@@ -328,7 +340,7 @@ def plan_policy(
     policy: FreezePolicy, model: tf.keras.Model, default_learning_rate: float = 1e-3, default_epochs: int = 5
 ) -> list[PhasePlan]:
     """One plan per phase. Raises PolicyError for rules that match nothing or leave nothing to train."""
-    layers = _addressable(model, policy.auto_groups)
+    layers = _addressable(model, policy.auto_groups, policy.block_pattern)
     random_layers = random_layers_before_features(model)
     return [
         _plan_phase(
@@ -344,3 +356,11 @@ def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:
     backbone, head = policy_layers(model)
     for layer in backbone + head:
         layer.trainable = plan.is_trainable(layer.name)
+
+
+def newly_trainable(plans: list[PhasePlan], index: int) -> list[str]:
+    """The layers that train in phase `index` but did not in the phase before (every trainable layer of
+    the first phase): what `optimizer_state: reset_new` starts fresh and a warm-up ramps up."""
+    previous = plans[index - 1].trainable_layers() if index else set()
+    current = plans[index].trainable_layers()
+    return [state.name for state in plans[index].layers if state.name in current and state.name not in previous]

@@ -32,6 +32,8 @@ class FreezeCheck:
     unchanged_trainable: tuple[str, ...]
     # Variables Keras had trainable although the plan freezes them (set `trainable` after apply_plan?).
     trainable_off_plan: tuple[str, ...] = ()
+    # With `restore_best`: the epoch of the phase (from 1) whose weights it ended with; None otherwise.
+    best_epoch: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

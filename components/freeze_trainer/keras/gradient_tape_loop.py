@@ -16,21 +16,22 @@ from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.freeze_proof import FreezeCheck
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.phase_runner import run_phases
+from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 
 class _Steps:
     """The compiled train and eval steps of one phase."""
 
-    def __init__(self, model, variables, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool):
+    def __init__(self, model, variables, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool, task: Task):
         self.model = model
         self.strategy = strategy
         self.variables = list(variables)  # the plan's trainable variables, fixed at trace time
-        self.loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE)
+        self.loss_fn = task.loss(reduction=tf.keras.losses.Reduction.NONE)
         self.scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         self.optimizer = optimizer
         with strategy.scope():
             self.loss = tf.keras.metrics.Mean(name="loss")
-            self.accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+            self.metrics = task.metrics()
         # XLA compiles the forward and backward pass; the update and its all-reduce stay outside.
         self._gradients = tf.function(self._compute_gradients, jit_compile=True) if jit_compile else self._compute_gradients
         self.train = tf.function(self._distributed(self._train_step))
@@ -58,19 +59,21 @@ class _Steps:
             gradients = self.optimizer.get_unscaled_gradients(gradients)
         self.optimizer.apply_gradients(zip(gradients, self.variables))
         self.loss.update_state(tf.reduce_mean(per_example))
-        self.accuracy.update_state(labels, probabilities)
+        for metric in self.metrics:
+            metric.update_state(labels, probabilities)
 
     def _eval_step(self, features, labels):
         probabilities = self.model(features, training=False)
         self.loss.update_state(tf.reduce_mean(self.loss_fn(labels, probabilities)))
-        self.accuracy.update_state(labels, probabilities)
+        for metric in self.metrics:
+            metric.update_state(labels, probabilities)
 
     def reset(self):
-        self.loss.reset_state()
-        self.accuracy.reset_state()
+        for metric in (self.loss, *self.metrics):
+            metric.reset_state()
 
     def results(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}loss": float(self.loss.result()), f"{prefix}accuracy": float(self.accuracy.result())}
+        return {f"{prefix}{metric.name}": float(metric.result()) for metric in (self.loss, *self.metrics)}
 
 
 def train_with_gradient_tape(
@@ -86,6 +89,7 @@ def train_with_gradient_tape(
     jit_compile: bool = False,
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
+    task: Task = MULTICLASS,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
     strategy = strategy or tf.distribute.get_strategy()
@@ -96,7 +100,7 @@ def train_with_gradient_tape(
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
                 step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
-        steps = _Steps(phase_model, trainable, step_optimizer, strategy, jit_compile)
+        steps = _Steps(phase_model, trainable, step_optimizer, strategy, jit_compile, task)
         batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
         distributed_eval = strategy.experimental_distribute_dataset(evaluation) if evaluation is not None else None
         # Keras' ProgbarLogger would average the loop's running means again, as they are not the
@@ -112,7 +116,7 @@ def train_with_gradient_tape(
             callback_list.on_epoch_begin(epoch)
             if verbose:
                 print(f"Epoch {epoch + 1}/{end_epoch}")
-            progress = tf.keras.utils.Progbar(per_epoch, verbose=verbose, stateful_metrics=["loss", "accuracy"])
+            progress = tf.keras.utils.Progbar(per_epoch, verbose=verbose, stateful_metrics=list(steps.results()))
             steps.reset()
             for step in range(per_epoch):
                 callback_list.on_train_batch_begin(step)

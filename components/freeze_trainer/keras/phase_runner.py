@@ -1,5 +1,9 @@
 """The phase loop both training loops share: set the freeze state, train, prove the freeze held.
 
+At each phase start the optimizer is set for the transition (see `start_optimizer_phase`): the phase's
+rates, which variables start with a fresh Adam (`optimizer_state`), and which warm up. A `restore_best`
+phase ends with the weights of its best evaluation epoch, before its proof.
+
 Training data is either fixed batched datasets or an ExampleFeed, which batches each phase afresh and
 may train the head alone on cached base features; the proof always covers the whole classifier. With
 checkpoints, a rerun resumes at the phase and batch of the latest one, with the batches, weights and
@@ -8,13 +12,15 @@ optimizer state an uninterrupted run would have had there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import tensorflow as tf
 from absl import logging
 
+from freeze_trainer.keras.best_weights import BestWeights, RecordBest
 from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
-from freeze_trainer.keras.freeze_plan import PhasePlan, apply_plan, policy_layers
+from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, policy_layers
 from freeze_trainer.keras.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
@@ -56,6 +62,46 @@ def build_phase_optimizer(model: tf.keras.Model, plans: list[PhasePlan]) -> Laye
     return optimizer
 
 
+def newly_trainable_variables(model: tf.keras.Model, plans: list[PhasePlan], index: int) -> list[tf.Variable]:
+    """The variables phase `index` trains that the phase before did not (all of the first phase's)."""
+    previous = {v.ref() for v in plans[index - 1].variable_split(model).trainable} if index else set()
+    return [v for v in plans[index].variable_split(model).trainable if v.ref() not in previous]
+
+
+def start_optimizer_phase(
+    optimizer: LayerRateAdam, model: tf.keras.Model, plans: list[PhasePlan], index: int, epoch_steps: int,
+    fresh: bool,
+) -> None:
+    """Sets the optimizer for phase `index`: its rate, per-layer multipliers and the warm-up of its newly
+    trainable variables; with `fresh` (the phase starts here, not resumed from a checkpoint inside it), also
+    resets the Adam state `optimizer_state` names and starts counting the phase's steps."""
+    plan = plans[index]
+    new = newly_trainable_variables(model, plans, index)
+    optimizer.learning_rate = plan.learning_rate
+    optimizer.set_multipliers(variable_multipliers(model, plan))
+    optimizer.set_warmup(new, plan.phase.warmup, epoch_steps)
+    if fresh:
+        mode = plan.phase.optimizer_state_mode
+        if mode == "reset":
+            optimizer.reset_state()
+        elif mode == "reset_new":
+            optimizer.reset_state(new)
+        optimizer.start_phase()
+
+
+def _best_weights(model: tf.keras.Model, plans: list[PhasePlan]) -> BestWeights | None:
+    """Room for the best weights of every `restore_best` phase; None when no phase restores its best."""
+    changing: dict = {}
+    for plan in plans:
+        if plan.phase.restores_best:
+            changing.update((v.ref(), v) for v in _changing(plan.variable_split(model)))
+    return BestWeights(list(changing.values())) if changing else None
+
+
+def _changing(split: VariableSplit) -> tuple[tf.Variable, ...]:
+    return (*split.trainable, *split.moving_statistics)
+
+
 def run_phases(
     model: tf.keras.Model,
     plans: list[PhasePlan],
@@ -75,7 +121,11 @@ def run_phases(
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
-    checkpoints = TrainingCheckpoints(checkpoint_dir, model, optimizer) if checkpoint_dir else None
+    best = _best_weights(model, plans)
+    if best and isinstance(feed, BatchedFeed) and feed.eval is None:
+        raise ValueError("restore_best: a phase restores its best epoch, which needs evaluation data")
+    extra_state = {"best_weights": best.trackable} if best else {}
+    checkpoints = TrainingCheckpoints(checkpoint_dir, model, optimizer, **extra_state) if checkpoint_dir else None
     resumed = checkpoints.restore() if checkpoints else Progress()
     if resumed.phase or resumed.position:
         logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, resumed.phase, resumed.position)
@@ -87,16 +137,22 @@ def run_phases(
             position = resumed.position if index == resumed.phase else 0
             steps = plan.steps or steps_per_epoch or feed.epoch_batches
             apply_plan(model, plan)
-            trainable = plan.variable_split(model).trainable
-            optimizer.learning_rate = plan.learning_rate
-            optimizer.set_multipliers(variable_multipliers(model, plan))
+            split = plan.variable_split(model)
+            trainable = split.trainable
+            start_optimizer_phase(optimizer, model, plans, index, steps, fresh=not position)
+            if best and not position:
+                best.start_phase()
             # Restored weights already hold the batches trained before the checkpoint: a phase resumed
             # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
             before = resumed.phase_start if position else snapshot(model)
             extra = []
+            record = RecordBest(best, _changing(split)) if plan.phase.restores_best else None
+            if record:
+                extra.append(record)  # before the checkpoint, whose epoch-end save then holds the epoch's record
             if checkpoints:
                 progress = Progress(index, position, before, tuple(checks))
-                extra = [PhaseCheckpoint(checkpoints, progress, (end - epoch) * steps, checkpoint_every_steps or steps)]
+                extra.append(PhaseCheckpoint(checkpoints, progress, (end - epoch) * steps, checkpoint_every_steps or steps,
+                                             epoch_batches=steps))
             data = feed.phase_data(model, plan)
             for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position):
                 metrics = train_phase(
@@ -104,7 +160,15 @@ def run_phases(
                 )
                 if data.model.stop_training:  # an early stop ends the phase, as within one call
                     break
+            best_epoch = None
+            if record and best.state.epoch >= 0:
+                if best.state.epoch != record.last_epoch:
+                    best.restore(_changing(split))  # the frozen variables are not among them: the proof holds
+                metrics = dict(best.state.logs)
+                best_epoch = best.state.epoch - epoch + 1
             check = check_phase(model, plan, before)
+            if record:
+                check = replace(check, best_epoch=best_epoch)
             checks.append(check)
             raise_on_violation(check)
             if checkpoints:

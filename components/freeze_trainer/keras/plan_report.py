@@ -22,14 +22,35 @@ def _row(index, state: LayerState) -> str:
     )
 
 
-def phase_summary(number: int, total: int, plan: PhasePlan) -> str:
+def transition_summary(plan: PhasePlan, previous: PhasePlan | None, first: bool) -> str:
+    """How the phase starts and ends: its optimizer state, warm-up and restore_best ('' for a first phase
+    that sets none of them). Newly trainable layers are counted when the previous phase is given."""
+    phase = plan.phase
+    new = len(plan.trainable_layers() - (previous.trainable_layers() if previous else set()))
+    layers = f"{new} newly trainable layer(s)" if previous or first else "newly trainable layers"
+    parts = []
+    if not first or phase.optimizer_state is not None:
+        mode = phase.optimizer_state_mode
+        fresh = {"keep": "Adam state kept", "reset": "every variable starts a fresh Adam",
+                 "reset_new": f"{layers} start a fresh Adam"}[mode]
+        parts.append(f"optimizer state {mode} ({fresh})")
+    if phase.warmup:
+        parts.append(f"{layers} warm up {phase.warmup.describe()}")
+    if phase.restores_best:
+        parts.append("ends with its best epoch's weights (restore_best)")
+    return "; ".join(parts)
+
+
+def phase_summary(number: int, total: int, plan: PhasePlan, previous: PhasePlan | None = None) -> str:
     length = f"{plan.steps} steps" if plan.steps else f"{plan.epochs} epochs"
     trainable_layers = sum(state.trainable for state in plan.layers)
     cache = "head trains on cached base features" if plan.caches_features else f"no feature cache: {plan.feature_cache_blocker}"
+    transition = transition_summary(plan, previous, number == 1)
     return (
         f"phase {number}/{total} {plan.phase.name!r}: {length}, head lr {plan.learning_rate:.3g}; "
         f"{trainable_layers} of {len(plan.layers)} layers trainable; "
-        f"trainable params {plan.trainable_params:,}, frozen params {plan.frozen_params:,}; {cache}"
+        f"trainable params {plan.trainable_params:,}, frozen params {plan.frozen_params:,}; "
+        f"{transition + '; ' if transition else ''}{cache}"
     )
 
 
@@ -38,7 +59,7 @@ def format_plan(plans: list[PhasePlan]) -> list[str]:
                          lr="lr", train="trainable", frozen="frozen")
     lines = []
     for number, plan in enumerate(plans, start=1):
-        lines.append(phase_summary(number, len(plans), plan))
+        lines.append(phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None))
         lines.append(header)
         lines.extend(_row(index, state) for index, state in enumerate(plan.layers))
     return lines

@@ -53,9 +53,10 @@ class _ProgressState(tf.train.experimental.PythonState):
 
 
 class TrainingCheckpoints:
-    def __init__(self, directory: str, model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer):
+    def __init__(self, directory: str, model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer, **extra):
+        """`extra`: more trackables saved and restored with the rest (the phases' best weights, say)."""
         self._state = _ProgressState(model)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=self._state)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=self._state, **extra)
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=CHECKPOINTS_KEPT)
 
     def restore(self) -> Progress:
@@ -76,13 +77,25 @@ class PhaseCheckpoint(tf.keras.callbacks.Callback):
 
     It counts batches itself: `fit` numbers them from 0 in every epoch and every call. The phase's end is
     saved with its freeze check instead: a checkpoint there without the check would resume into a phase
-    with nothing left to train and nothing to prove."""
+    with nothing left to train and nothing to prove. A save due at an epoch's last batch waits for the
+    epoch's end, after its evaluation and the callbacks before this one (the best-weights record): a
+    run resumed there starts the next epoch with that epoch's evaluation done."""
 
-    def __init__(self, checkpoints: TrainingCheckpoints, progress: Progress, phase_batches: int, every: int):
+    def __init__(self, checkpoints: TrainingCheckpoints, progress: Progress, phase_batches: int, every: int,
+                 epoch_batches: int | None = None):
         super().__init__()
         self.checkpoints, self.progress, self.phase_batches, self.every = checkpoints, progress, phase_batches, every
+        self.epoch_batches = epoch_batches
+
+    def _due(self) -> bool:
+        return self.progress.position % self.every == 0 and self.progress.position < self.phase_batches
 
     def on_train_batch_end(self, batch, logs=None):
         self.progress = replace(self.progress, position=self.progress.position + 1)
-        if self.progress.position % self.every == 0 and self.progress.position < self.phase_batches:
+        ends_epoch = self.epoch_batches and self.progress.position % self.epoch_batches == 0
+        if self._due() and not ends_epoch:
+            self.checkpoints.save(self.progress)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.epoch_batches and self._due():
             self.checkpoints.save(self.progress)

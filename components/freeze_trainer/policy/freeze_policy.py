@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
+import re
 from typing import Literal
 
 import pydantic
@@ -130,12 +132,93 @@ class Phase(_Strict):
     rules: list[Rule] = Field(..., min_length=1)
     lr_decay: LearningRateDecay | None = None
     lr_rules: list[LearningRateRule] = Field(default_factory=list, description="Applied after `lr_decay`; last wins.")
+    # The transition into the phase. Unset fields take the defaults below (they stay out of the canonical
+    # JSON, so a policy that sets none of them keeps its hash).
+    optimizer_state: Literal["keep", "reset", "reset_new"] | None = Field(
+        None,
+        description="Adam's moments and step counts at the phase start: `keep` them, `reset` every variable's"
+        " (a fresh Adam, as the Keras guide's recompile), or `reset_new` (default): only variables that did"
+        " not train in the previous phase start fresh. Each variable's bias correction counts its own steps.",
+    )
+    warmup_steps: PositiveInt | None = Field(
+        None, description="Newly trainable layers ramp linearly from 0 to their rate over this many steps."
+    )
+    warmup_epochs: PositiveInt | None = Field(None, description="The same ramp, measured in epochs of the phase.")
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="Where the ramp starts, as a fraction of the layers' rate: 0 for the linear ramp unless set;"
+        " with `warmup_growth`, 0.1 unless set.",
+    )
+    warmup_growth: float | None = Field(
+        None, gt=1.0,
+        description="Lightning's BackboneFinetuning instead of a linear ramp: newly trainable layers start at"
+        " `warmup_ratio` × their rate and it grows × this factor every epoch until it reaches their rate.",
+    )
+    restore_best: bool | None = Field(
+        None,
+        description="End the phase with the trainable weights (and BatchNorm statistics it may change) of its"
+        " epoch with the lowest validation loss, as EarlyStopping(restore_best_weights=True). Default false.",
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> Phase:
         if self.epochs is not None and self.steps is not None:
             raise ValueError("a phase is measured in `epochs` or in `steps`, not both")
+        ramps = [key for key in ("warmup_steps", "warmup_epochs", "warmup_growth") if getattr(self, key) is not None]
+        if len(ramps) > 1:
+            raise ValueError(f"a warm-up sets one of `warmup_steps`, `warmup_epochs`, `warmup_growth`, not {ramps}")
+        if self.warmup_ratio is not None and not ramps:
+            raise ValueError("`warmup_ratio` needs `warmup_steps`, `warmup_epochs` or `warmup_growth`")
+        if self.warmup_ratio == 0.0 and self.warmup_growth is not None:
+            raise ValueError("a growing warm-up starts above 0: set `warmup_ratio` > 0")
         return self
+
+    @property
+    def optimizer_state_mode(self) -> str:
+        return self.optimizer_state or "reset_new"
+
+    @property
+    def restores_best(self) -> bool:
+        return bool(self.restore_best)
+
+    @property
+    def warmup(self) -> Warmup | None:
+        """The phase's warm-up, or None."""
+        if self.warmup_growth is not None:
+            return Warmup(ratio=0.1 if self.warmup_ratio is None else self.warmup_ratio, growth=self.warmup_growth)
+        if self.warmup_steps is None and self.warmup_epochs is None:
+            return None
+        return Warmup(steps=self.warmup_steps, epochs=self.warmup_epochs, ratio=self.warmup_ratio or 0.0)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """A phase's warm-up of its newly trainable layers: a linear ramp from `ratio` × their rate to their rate
+    over `steps` (or `epochs`), or with `growth`, `ratio` × their rate × `growth` per epoch until aligned."""
+
+    steps: int | None = None
+    epochs: int | None = None
+    ratio: float = 0.0
+    growth: float | None = None
+
+    def ramp_steps(self, epoch_steps: int) -> int:
+        """The linear ramp's length in steps, for a phase of `epoch_steps` steps an epoch (0 with `growth`)."""
+        return 0 if self.growth else (self.steps or self.epochs * epoch_steps)
+
+    def factor(self, step: int, epoch_steps: int) -> float:
+        """The rate factor at the phase's `step`-th step (from 1): what LayerRateAdam computes in the graph."""
+        if self.growth:
+            return min(1.0, self.ratio * self.growth ** ((step - 1) // epoch_steps))
+        return min(1.0, self.ratio + (1.0 - self.ratio) * step / self.ramp_steps(epoch_steps))
+
+    def describe(self) -> str:
+        if self.growth:
+            return f"from {self.ratio:g} × their rate, × {self.growth:g} per epoch"
+        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"linearly from {self.ratio:g} × their rate over {length}"
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 class HeadThenTop(_Strict):
@@ -246,9 +329,26 @@ class FreezePolicy(_Strict):
         ),
     )
     auto_groups: int = Field(4, ge=1, le=64, description="How many contiguous `auto_<i>` groups split the backbone.")
+    block_pattern: str | None = Field(
+        None,
+        min_length=1,
+        description="A regular expression whose first capture group, matched at the start of a base layer's name,"
+        " is the layer's block (group) — for a base this project does not know, e.g. `(encoder_\\d+)_`.",
+    )
     rules: list[Rule] | None = Field(None, min_length=1)
     phases: list[Phase] | None = Field(None, min_length=1)
     recipe: Recipe | None = None
+
+    @model_validator(mode="after")
+    def _block_pattern_has_a_group(self) -> FreezePolicy:
+        if self.block_pattern is not None:
+            try:
+                groups = re.compile(self.block_pattern).groups
+            except re.error as err:
+                raise ValueError(f"block_pattern: invalid regular expression: {err}") from None
+            if groups < 1:
+                raise ValueError("block_pattern: needs a capture group, e.g. `(block_\\d+)_`")
+        return self
 
     @model_validator(mode="after")
     def _one_phase_definition(self) -> FreezePolicy:

@@ -18,6 +18,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
+from freeze_trainer.policy import FROZEN_BASE_POLICY
 from freeze_trainer.tfx.executor import Executor
 from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS
 
@@ -40,8 +41,10 @@ class FreezeTrainer(base_component.BaseComponent):
 
     Args:
       examples: A `BaseChannel` of `Examples`, usually Transform's `transformed_examples`.
-      transform_graph: A `BaseChannel` of `TransformGraph`.
-      freeze_policy: The policy as JSON/YAML text, or a `RuntimeParameter` of type str.
+      transform_graph: An optional `BaseChannel` of `TransformGraph`. Without one the trainer reads raw
+        examples (the preprocessing lives in the user's model) and needs `schema`.
+      freeze_policy: The policy as JSON/YAML text, or a `RuntimeParameter` of type str; None: the
+        frozen-base policy.
       schema: An optional `BaseChannel` of `Schema`.
       base_model: An optional `BaseChannel` of `Model` to warm-start from (retraining).
       hyperparameters: An optional `BaseChannel` of `HyperParameters`.
@@ -60,8 +63,8 @@ class FreezeTrainer(base_component.BaseComponent):
     def __init__(
         self,
         examples: types.BaseChannel,
-        transform_graph: types.BaseChannel,
-        freeze_policy,
+        transform_graph: types.BaseChannel | None = None,
+        freeze_policy=None,
         schema: types.BaseChannel | None = None,
         base_model: types.BaseChannel | None = None,
         hyperparameters: types.BaseChannel | None = None,
@@ -88,7 +91,7 @@ class FreezeTrainer(base_component.BaseComponent):
             module_file=module_file,
             run_fn=run_fn,
             custom_config=json_utils.dumps(custom_config),
-            freeze_policy=freeze_policy,
+            freeze_policy=freeze_policy if freeze_policy is not None else FROZEN_BASE_POLICY.canonical_json(),
             **training_parameters,
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),

@@ -9,6 +9,7 @@ onto the Model artifact as MLMD custom properties.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -18,18 +19,45 @@ from tfx.components.trainer import fn_args_utils
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.components.util import udf_utils
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import path_utils
+from tfx.dsl.io import fileio
+from tfx.utils import io_utils, path_utils
+from tensorflow.python.lib.io import file_io
 
 from freeze_trainer.keras.distribution import is_chief
-from freeze_trainer.tfx.serving_export import FREEZE_REPORT_ASSET, read_extra_asset
-from freeze_trainer.tfx.trainer_config import CUSTOM_CONFIG_KEY, TRAINER_PARAMETER_NAMES, TrainerConfig
+from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR, FREEZE_REPORT_ASSET, read_extra_asset
+from freeze_trainer.tfx.trainer_config import (
+    CUSTOM_CONFIG_KEY,
+    TRAINER_PARAMETER_NAMES,
+    TrainerConfig,
+    apply_hyperparameters,
+)
 
 DEFAULT_RUN_FN = "freeze_trainer.tfx.run_fn.run_fn"
+# A user module may define `build_model(config, contract)` instead of `run_fn`: the default run_fn then
+# trains the model it returns, which reaches run_fn here in fn_args.custom_config.
+BUILD_MODEL_FN = "build_model"
+BUILD_MODEL_KEY = "freeze_trainer_build_model"
+_MODULE_KEYS = (standard_component_specs.MODULE_FILE_KEY, standard_component_specs.MODULE_PATH_KEY)
 
 
-def trainer_config_from_exec_properties(exec_properties: dict[str, Any]) -> TrainerConfig:
-    """Raises PolicyError for a bad policy and ConfigError for other bad parameters."""
-    return TrainerConfig.from_parameters(**{key: exec_properties.get(key) for key in TRAINER_PARAMETER_NAMES})
+def trainer_config_from_exec_properties(
+    exec_properties: dict[str, Any], hyperparameters: dict[str, Any] | None = None
+) -> TrainerConfig:
+    """Raises PolicyError for a bad policy and ConfigError for other bad parameters. `hyperparameters`
+    (the Tuner's best values) override the parameters and policy fields they name."""
+    values = {key: exec_properties.get(key) for key in TRAINER_PARAMETER_NAMES}
+    return TrainerConfig.from_parameters(**apply_hyperparameters(values, hyperparameters or {}))
+
+
+def read_hyperparameters(input_dict: dict[str, list[types.Artifact]]) -> dict[str, Any]:
+    """The `values` of a HyperParameters artifact (KerasTuner's `HyperParameters.get_config()`, as TFX's
+    Tuner writes it, or a plain name -> value mapping from an Importer); {} without one."""
+    artifacts = input_dict.get(standard_component_specs.HYPERPARAMETERS_KEY)
+    if not artifacts:
+        return {}
+    path = io_utils.get_only_uri_in_dir(artifact_utils.get_single_uri(artifacts))
+    config = json.loads(file_io.read_file_to_string(path))
+    return dict(config.get("values", config))
 
 
 def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, report: dict) -> None:
@@ -48,12 +76,18 @@ def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, 
 def record_exported_freeze_report(output_dict: dict[str, list[types.Artifact]], config: TrainerConfig) -> None:
     """Copies the freeze report the chief exported with the model onto the Model artifact."""
     model_artifact = artifact_utils.get_single_instance(output_dict[standard_component_specs.MODEL_KEY])
-    report = read_extra_asset(path_utils.serving_model_dir(model_artifact.uri), FREEZE_REPORT_ASSET)
-    record_freeze_report(model_artifact, config, report)
+    serving_dir = path_utils.serving_model_dir(model_artifact.uri)
+    if not fileio.exists(os.path.join(serving_dir, EXTRA_ASSETS_DIR, FREEZE_REPORT_ASSET)):
+        raise RuntimeError(
+            f"run_fn: the model has no {EXTRA_ASSETS_DIR}/{FREEZE_REPORT_ASSET}, so nothing proves what stayed "
+            "frozen; a user run_fn trains and exports with freeze_trainer.tfx.run_fn.train_and_export(fn_args, model)"
+        )
+    record_freeze_report(model_artifact, config, read_extra_asset(serving_dir, FREEZE_REPORT_ASSET))
 
 
 class Executor(GenericExecutor):
     _config: TrainerConfig
+    _build_model: Any = None
 
     def Do(
         self,
@@ -61,18 +95,40 @@ class Executor(GenericExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
-        self._config = trainer_config_from_exec_properties(exec_properties)
-        if not any(exec_properties.get(key) for key in ("module_file", "module_path", "run_fn")):
-            exec_properties = {**exec_properties, "run_fn": DEFAULT_RUN_FN}
+        hyperparameters = read_hyperparameters(input_dict)
+        self._config = trainer_config_from_exec_properties(exec_properties, hyperparameters)
+        if hyperparameters:  # on the training log, beside the progress bar, not only in the absl log
+            print(f"Hyperparameters override the trainer parameters: {json.dumps(hyperparameters)}", flush=True)
+        exec_properties = self._with_run_fn(exec_properties)
         if not is_chief():
             self._train_as_non_chief(input_dict, output_dict, exec_properties)
             return
         super().Do(input_dict, output_dict, exec_properties)
+        model_artifact = artifact_utils.get_single_instance(output_dict[standard_component_specs.MODEL_KEY])
+        if hyperparameters:
+            model_artifact.set_json_value_custom_property("hyperparameters", hyperparameters)
         record_exported_freeze_report(output_dict, self._config)
+
+    def _with_run_fn(self, exec_properties: dict[str, Any]) -> dict[str, Any]:
+        """The default run_fn unless the user gave one; a module with `build_model` and no `run_fn` gets
+        the default run_fn training that model."""
+        has_module = any(exec_properties.get(key) for key in _MODULE_KEYS)
+        if has_module and udf_utils.try_get_fn(exec_properties, "run_fn") is None:
+            self._build_model = udf_utils.try_get_fn(exec_properties, BUILD_MODEL_FN)
+            if self._build_model is None:
+                raise ValueError(f"module_file: defines neither run_fn nor {BUILD_MODEL_FN}")
+            has_module = False
+            exec_properties = {key: value for key, value in exec_properties.items() if key not in _MODULE_KEYS}
+        if not has_module and not exec_properties.get("run_fn"):
+            exec_properties = {**exec_properties, "run_fn": DEFAULT_RUN_FN}
+        return exec_properties
 
     def _GetFnArgs(self, input_dict, output_dict, exec_properties) -> fn_args_utils.FnArgs:
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
-        fn_args.custom_config = {**(fn_args.custom_config or {}), CUSTOM_CONFIG_KEY: self._config}
+        extra = {CUSTOM_CONFIG_KEY: self._config}
+        if self._build_model is not None:
+            extra[BUILD_MODEL_KEY] = self._build_model
+        fn_args.custom_config = {**(fn_args.custom_config or {}), **extra}
         return fn_args
 
     def _train_as_non_chief(self, input_dict, output_dict, exec_properties) -> None:

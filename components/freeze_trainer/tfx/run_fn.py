@@ -1,7 +1,9 @@
-"""The default `run_fn`: builds the backbone and head, applies the freeze policy, trains, exports.
+"""The default `run_fn`, and `train_and_export`, the helper a user `run_fn` calls to get the same training.
 
-The executor calls it when the pipeline names no user module. A user `run_fn` can reuse the same
-pieces; only the `freeze_report.json` asset is needed for the executor to record MLMD properties.
+`train_and_export` resolves the data contract (feature, label, task, classes), builds the model (a
+keras.applications base or any Keras model with a new head, a module's `build_model`, or the model a
+user `run_fn` passes), plans the policy, trains every phase with the proof and exports the serving model
+with the freeze report, which the executor records in ML Metadata.
 """
 
 from __future__ import annotations
@@ -10,51 +12,83 @@ import contextlib
 import math
 import os
 import tempfile
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
+from tensorflow_transform.tf_metadata import schema_utils
 from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
+from tensorflow_metadata.proto.v0 import schema_pb2
 
-from freeze_trainer.tfx.trainer_model import build_from_config
+from freeze_trainer.keras.distribution import choose_strategy, cluster_workers, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
-from freeze_trainer.keras.distribution import choose_strategy, cluster_workers, is_chief
-from freeze_trainer.keras.training import train_with_proof
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
-from freeze_trainer.tfx.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
-from freeze_trainer.tfx.executor import trainer_config
+from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
+from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, trainer_config
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
 from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.trainer_model import build_from_config
 from freeze_trainer.tfx.warm_start import warm_start_from_saved_model
 
 
+def _raw_schema(fn_args: FnArgs) -> schema_pb2.Schema:
+    if not fn_args.schema_path:
+        raise ValueError("schema: without a transform_graph the trainer reads raw examples and needs the schema input")
+    return io_utils.parse_pbtxt_file(fn_args.schema_path, schema_pb2.Schema())
 
-def transformed_input_shape(tft_output: tft.TFTransformOutput) -> tuple[int, int, int]:
-    return tuple(tft_output.transformed_feature_spec()[transformed_name(IMAGE_KEY)].shape)
 
+def data_contract(fn_args: FnArgs, config: TrainerConfig, tft_output: tft.TFTransformOutput | None) -> DataContract:
+    """The contract of these examples; raises ConfigError naming a missing key before anything trains."""
+    schema = tft_output.transformed_metadata.schema if tft_output else _raw_schema(fn_args)
+    domains = {feature.name: feature.int_domain.max + 1 for feature in schema.feature if feature.HasField("int_domain")}
 
-def _examples(fn_args: FnArgs, files: list[str], tft_output, batch_size: int) -> tf.data.Dataset:
-    """Transformed examples, unbatched, once, in file order: ExampleFeed shuffles and batches them."""
-    options = tfxio.TensorFlowDatasetOptions(
-        batch_size=batch_size, label_key=transformed_name(LABEL_KEY), num_epochs=1, shuffle=False
+    def vocabulary_names(name: str) -> list[str] | None:
+        try:
+            return [value.decode() if isinstance(value, bytes) else value for value in tft_output.vocabulary_by_name(name)]
+        except (ValueError, tf.errors.NotFoundError, OSError):
+            return None
+
+    def count_int_classes() -> int:
+        labels = _labeled_examples(fn_args, fn_args.train_files, schema, contract_keys).map(lambda _, label: label)
+        return int(labels.reduce(tf.constant(-1, tf.int64), lambda most, label: tf.maximum(most, tf.cast(
+            tf.reduce_max(label), tf.int64)))) + 1
+
+    feature_spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    contract_keys = (config.model_feature_key, config.model_label_key) if tft_output else (config.feature_key,
+                                                                                          config.label_key)
+    return resolve_contract(
+        config, feature_spec, "Transform output" if tft_output else "schema",
+        vocabulary_names if tft_output else (lambda _: None), domains.get, count_int_classes, tft_output is not None,
     )
-    examples = fn_args.data_accessor.tf_dataset_factory(files, options, tft_output.transformed_metadata.schema)
+
+
+def _labeled_examples(fn_args: FnArgs, files: list[str], schema, keys: tuple[str, str]) -> tf.data.Dataset:
+    """(feature, label) examples, unbatched, once, in file order: ExampleFeed shuffles and batches them."""
+    feature_key, label_key = keys
+    options = tfxio.TensorFlowDatasetOptions(batch_size=256, label_key=label_key, num_epochs=1, shuffle=False)
+    examples = fn_args.data_accessor.tf_dataset_factory(files, options, schema)
     # Under MultiWorkerMirroredStrategy every worker reads the same seeded order and keeps its share of
     # the batches: sharding by file fails whenever a split has fewer files than there are workers.
     sharding = tf.data.Options()
     sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return examples.unbatch().with_options(sharding)
+    return examples.map(lambda features, label: (features[feature_key], label)).unbatch().with_options(sharding)
 
 
-def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics: dict[str, float]) -> dict:
+def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[PhasePlan], checks,
+                  metrics: dict[str, float], steps_per_epoch: int | None) -> dict:
     return {
         "policy_sha256": config.freeze_policy.sha256(),
         "backbone": config.backbone,
         "backbone_weights": config.backbone_weights,
         "training_loop": config.training_loop,
+        "task": contract.task.name,
+        "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
             {
@@ -63,6 +97,7 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
                 "steps": plan.steps,
                 "learning_rate": plan.learning_rate,
                 "feature_cache": config.feature_cache == "auto" and plan.caches_features,
+                **plan.transition(),  # optimizer_state, warmup, restore_best (best_epoch is in the check)
             }
             for plan, check in zip(plans, checks)
         ],
@@ -70,35 +105,54 @@ def freeze_report(config: TrainerConfig, plans: list[PhasePlan], checks, metrics
     }
 
 
-def run_fn(fn_args: FnArgs) -> None:
+def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.keras.Model] | None = None) -> dict:
+    """Trains under the executor's validated config and exports with the freeze report; returns the report.
+
+    `model` is a model of the user's own (its head declared by the `head_layers` parameter, or built with
+    `freeze_trainer.keras.build_classifier`), or a function `(config, contract) -> model` called inside
+    the distribution strategy's scope; None builds the model the parameters describe."""
     config = trainer_config(fn_args)
     tf.keras.utils.set_random_seed(config.seed)
-    tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    num_classes = tft_output.vocabulary_size_by_name(LABEL_VOCABULARY)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
+    contract = data_contract(fn_args, config, tft_output)
+    build_model = model if callable(model) and not isinstance(model, tf.keras.Model) else None
+    build_model = build_model or (fn_args.custom_config or {}).get(BUILD_MODEL_KEY)
 
     if config.mixed_precision != "none":
         tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
     strategy = choose_strategy(config.distribution)
     with strategy.scope():
-        # Model and plan first: a policy that does not fit the backbone fails before any data is read.
-        model = build_from_config(config, transformed_input_shape(tft_output), num_classes)
+        # Model and plan first: a policy that does not fit the model fails before any data is read.
+        if isinstance(model, tf.keras.Model):
+            model = build_from_config(config, contract, given=model)
+        else:
+            model = build_from_config(config, contract, build_model=build_model)
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
 
-    train_examples = _examples(fn_args, fn_args.train_files, tft_output, config.batch_size)
-    eval_examples = _examples(fn_args, fn_args.eval_files, tft_output, config.batch_size)
-    if fn_args.eval_steps:
+    schema = tft_output.transformed_metadata.schema if tft_output else _raw_schema(fn_args)
+    keys = (contract.feature_key, contract.label_key)
+    prepare = contract.task.prepare_labels
+
+    def examples(files: list[str]) -> tf.data.Dataset:
+        return _labeled_examples(fn_args, files, schema, keys).map(lambda x, y: (x, prepare(y[None])[0]))
+
+    train_examples, eval_examples = examples(fn_args.train_files), examples(fn_args.eval_files)
+    if fn_args.eval_steps:  # TFX's eval_args.num_steps: that many batches of evaluation
         eval_examples = eval_examples.take(fn_args.eval_steps * config.batch_size)
     feature_cache = None
     if config.feature_cache == "auto" and any(plan.caches_features for plan in plans):
+        sources = [*([fn_args.transform_output] if fn_args.transform_output else []), *fn_args.train_files,
+                   *fn_args.eval_files]
         feature_cache = FeatureCache(
-            files_fingerprint([fn_args.transform_output, *fn_args.train_files, *fn_args.eval_files]),
+            files_fingerprint(sources),
             spill_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
             memory_budget_bytes=config.feature_cache_memory_mb << 20,
         )
     feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
+    # TFX's train_args.num_steps: the training steps in all, spread over the epochs of every phase.
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
     with strategy.scope(), feature_cache or contextlib.nullcontext():
@@ -108,6 +162,7 @@ def run_fn(fn_args: FnArgs) -> None:
             feed,
             loop=config.training_loop,
             strategy=strategy,
+            task=contract.task,
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,
@@ -117,16 +172,27 @@ def run_fn(fn_args: FnArgs) -> None:
             checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints") if cluster_workers() <= 1 else None,
             checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
-    report = freeze_report(config, plans, checks, metrics)
+    report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)
     logging.info("Freeze check passed for every phase: %s", report["phases"])
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
+    raw_feature_spec = tft_output.raw_feature_spec() if tft_output else schema_utils.schema_as_feature_spec(
+        schema).feature_spec
     export_serving_model(
         model,
         tft_output,
+        contract,
+        config,
+        raw_feature_spec,
         export_dir,
         extra_assets={
             FREEZE_POLICY_ASSET: config.freeze_policy.model_dump(mode="json", exclude_none=True),
             FREEZE_REPORT_ASSET: report,
         },
     )
+    return report
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    """The executor's default: the model the trainer parameters (or a module's `build_model`) describe."""
+    train_and_export(fn_args)

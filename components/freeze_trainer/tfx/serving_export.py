@@ -1,8 +1,9 @@
-"""Exports the trained classifier as a SavedModel that serves raw tf.Examples.
+"""Exports the trained model as a SavedModel that serves raw tf.Examples.
 
-`serving_default` parses serialized tf.Examples holding the raw features, applies the Transform
-graph and classifies, so the pushed model needs no extra code. `transform_features` exposes the
-Transform graph alone, which TFMA uses to find the transformed label.
+`serving_default` parses serialized tf.Examples holding the raw features, applies the Transform graph
+(when there is one) and predicts, so the pushed model needs no extra code: `probabilities`, and for
+classification `class_ids` and, with a label vocabulary, `classes`; `predictions` for regression.
+`transform_features` exposes the Transform graph alone, which TFMA uses to find the transformed label.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from freeze_trainer.tfx.image_transform import IMAGE_KEY, LABEL_KEY, LABEL_VOCABULARY, transformed_name
+from freeze_trainer.tfx.data_contract import DataContract
+from freeze_trainer.tfx.trainer_config import TrainerConfig
 
 EXTRA_ASSETS_DIR = "assets.extra"
 MODEL_VARIABLES = "model_variables"  # the attribute warm starting reads back
@@ -22,47 +24,63 @@ FREEZE_REPORT_ASSET = "freeze_report.json"
 FREEZE_POLICY_ASSET = "freeze_policy.json"
 
 
+def _outputs(task: str, scores: tf.Tensor, class_names: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    if task == "regression":
+        return {"predictions": scores}
+    if task == "multi_label":
+        return {"probabilities": scores}
+    class_ids = tf.argmax(scores, axis=-1) if task == "multiclass" else tf.cast(scores[:, 0] > 0.5, tf.int64)
+    outputs = {"probabilities": scores, "class_ids": class_ids}
+    if class_names is not None:
+        outputs["classes"] = tf.gather(class_names, class_ids)
+    return outputs
+
+
 class _ServingModule(tf.Module):
     """Holds the model's variables and traced signatures, not the Keras model object: saving a Keras
     model traces every layer's call function (tens of seconds for a backbone), which serving never uses."""
 
-    def __init__(self, model: tf.keras.Model, tft_output: tft.TFTransformOutput):
+    def __init__(self, model: tf.keras.Model, tft_output: tft.TFTransformOutput | None, contract: DataContract,
+                 config: TrainerConfig, raw_feature_spec: dict):
         super().__init__()
         setattr(self, MODEL_VARIABLES, list(model.variables))
-        self.tft_layer = tft_output.transform_features_layer()
-        self.class_names = tf.constant(tft_output.vocabulary_by_name(LABEL_VOCABULARY))
-        raw_spec = tft_output.raw_feature_spec()
-        raw_spec_without_label = {k: v for k, v in raw_spec.items() if k != LABEL_KEY}
+        self.tft_layer = tft_output.transform_features_layer() if tft_output else None
+        self.class_names = tf.constant(contract.class_names) if contract.class_names else None
+        raw_spec_without_label = {k: v for k, v in raw_feature_spec.items() if k != config.label_key}
         examples = tf.TensorSpec([None], tf.string, name="examples")
+
+        def features(serialized, spec):
+            parsed = tf.io.parse_example(serialized, spec)
+            return self.tft_layer(parsed) if self.tft_layer is not None else parsed
 
         @tf.function(input_signature=[examples])
         def serve(serialized):
-            transformed = self.tft_layer(tf.io.parse_example(serialized, raw_spec_without_label))
-            probabilities = model(transformed[transformed_name(IMAGE_KEY)], training=False)
-            class_ids = tf.argmax(probabilities, axis=-1)
-            return {
-                "probabilities": probabilities,
-                "class_ids": class_ids,
-                "classes": tf.gather(self.class_names, class_ids),
-            }
+            scores = model(features(serialized, raw_spec_without_label)[contract.feature_key], training=False)
+            return _outputs(contract.task.name, scores, self.class_names)
 
         @tf.function(input_signature=[examples])
         def transform_features(serialized):
-            return self.tft_layer(tf.io.parse_example(serialized, raw_spec))
+            return features(serialized, raw_feature_spec)
 
         self.serve = serve
         self.transform_features = transform_features
 
 
 def export_serving_model(
-    model: tf.keras.Model, tft_output: tft.TFTransformOutput, export_dir: str, extra_assets: dict[str, dict]
+    model: tf.keras.Model,
+    tft_output: tft.TFTransformOutput | None,
+    contract: DataContract,
+    config: TrainerConfig,
+    raw_feature_spec: dict,
+    export_dir: str,
+    extra_assets: dict[str, dict],
 ) -> None:
     """Writes the SavedModel to a scratch folder and renames it into place: a failed export leaves
     no half-written model at `export_dir`."""
     partial = export_dir.rstrip("/") + ".partial"
     if tf.io.gfile.exists(partial):
         tf.io.gfile.rmtree(partial)
-    module = _ServingModule(model, tft_output)
+    module = _ServingModule(model, tft_output, contract, config, raw_feature_spec)
     tf.saved_model.save(
         module,
         partial,

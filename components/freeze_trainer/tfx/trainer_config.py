@@ -10,6 +10,7 @@ This module imports no TensorFlow, so command-line `--help` and policy checks st
 
 from __future__ import annotations
 
+import json
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy
 from freeze_trainer.policy.validation import first_error
 
 CUSTOM_CONFIG_KEY = "freeze_trainer"
+CUSTOM_BACKBONE = "custom"  # any Keras model from a `.keras` file, or from a user module's `build_model`
 
 
 class ConfigError(ValueError):
@@ -43,7 +45,9 @@ class TrainerConfig(BaseModel):
         FROZEN_BASE_POLICY, "The freeze policy: JSON or YAML text (the language of `freeze-policy schema`)."
     )
     backbone: str = _parameter(
-        "MobileNetV2", "The keras.applications architecture of the pretrained base.", per_run=False
+        "MobileNetV2",
+        "A keras.applications architecture, or `custom`: any Keras model in a `.keras` `backbone_weights` file.",
+        per_run=False,
     )
     backbone_weights: str = _parameter(
         "imagenet", "`imagenet`, `none`, a weights file, or a `.keras` backbone (local path or URI)."
@@ -71,6 +75,26 @@ class TrainerConfig(BaseModel):
     checkpoint_every_steps: NonNegativeInt = _parameter(
         0, "Save a training checkpoint every N steps of a phase; 0: at every epoch's end."
     )
+    feature_key: str = _parameter("image", "The raw feature the model reads (the bundled image Transform's input).",
+                                  per_run=False)
+    label_key: str = _parameter("label", "The raw label feature.", per_run=False)
+    transformed_feature_key: str = _parameter(
+        "", "The Transform output the model takes; empty: `<feature_key>_xf`.", per_run=False
+    )
+    transformed_label_key: str = _parameter(
+        "", "The Transform output holding the label; empty: `<label_key>_xf`.", per_run=False
+    )
+    label_vocabulary: str = _parameter(
+        "", "The Transform vocabulary of the classes; empty: the one named like `label_key`, else integer labels.",
+        per_run=False,
+    )
+    task: Literal["auto", "multiclass", "binary", "multi_label", "regression"] = _parameter(
+        "auto", "`auto`: floats are regression, vectors multi_label, two classes binary, else multiclass.",
+        per_run=False,
+    )
+    head_layers: str = _parameter(
+        "", "Comma-separated names of the model's own head layers; empty: a new head for the task.", per_run=False
+    )
 
     @field_validator("dropout")
     @classmethod
@@ -84,9 +108,21 @@ class TrainerConfig(BaseModel):
     def _known_backbone(cls, name: str) -> str:
         from freeze_trainer.keras.backbones import BACKBONES  # TensorFlow: only when a config is validated
 
-        if name not in BACKBONES:
-            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        if name not in BACKBONES and name != CUSTOM_BACKBONE:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or {CUSTOM_BACKBONE!r}")
         return name
+
+    @property
+    def model_feature_key(self) -> str:
+        return self.transformed_feature_key or f"{self.feature_key}_xf"
+
+    @property
+    def model_label_key(self) -> str:
+        return self.transformed_label_key or f"{self.label_key}_xf"
+
+    @property
+    def head_layer_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.head_layers.split(",") if name.strip())
 
     @field_validator("freeze_policy", mode="before")
     @classmethod
@@ -166,3 +202,47 @@ TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
     for name, field in TrainerConfig.model_fields.items()
 )
 TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETERS)
+
+POLICY_HYPERPARAMETER_PREFIX = "policy."
+
+
+def apply_hyperparameters(values: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """`values` (parameter name -> value, None for the default) with the Tuner's `hyperparameters` applied:
+    a name of the table overrides that parameter; `policy.<path>` a policy field, e.g.
+    `policy.phases.1.learning_rate`. Other names are the user model's own and are left alone."""
+    values = dict(values)
+    policy_fields = {}
+    for name, value in hyperparameters.items():
+        if name in TRAINER_PARAMETER_NAMES:
+            values[name] = value
+        elif name.startswith(POLICY_HYPERPARAMETER_PREFIX):
+            policy_fields[name.removeprefix(POLICY_HYPERPARAMETER_PREFIX)] = value
+    if policy_fields:
+        source = values.get("freeze_policy")
+        policy = parse_policy(source) if isinstance(source, str) else (source or FROZEN_BASE_POLICY)
+        document = policy.model_dump(mode="json", exclude_none=True)
+        for path, value in policy_fields.items():
+            _set_path(document, path, value)
+        values["freeze_policy"] = json.dumps(document)
+    return values
+
+
+def _set_path(document: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = document
+    try:
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise PolicyError(path, f"hyperparameter {POLICY_HYPERPARAMETER_PREFIX}{path} names no field of the policy") from None
+
+
+def parameter_table_markdown() -> str:
+    """The table as the README shows it (`tests/test_package_layers.py` keeps the README in step)."""
+    rows = ["| parameter | type | default | set | what it is |", "| --- | --- | --- | --- | --- |"]
+    for p in TRAINER_PARAMETERS:
+        default = "frozen base" if p.name == "freeze_policy" else p.pipeline_default if p.pipeline_default != "" else '""'
+        rows.append(f"| `{p.name}` | {p.pipeline_type.__name__} | `{default}` | "
+                    f"{'per run' if p.per_run else 'compile time'} | {p.doc} |")
+    return "\n".join(rows) + "\n"

@@ -20,6 +20,7 @@ from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_t
 from freeze_trainer.tfx.component import FreezeTrainer
 from freeze_trainer.tfx.executor import (
     Executor,
+    read_hyperparameters,
     record_exported_freeze_report,
     trainer_config_from_exec_properties,
 )
@@ -33,7 +34,7 @@ class VertexExecutor(vertex_trainer_executor.GenericExecutor):
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         # A bad policy fails here, before a job (and its machines) is requested.
-        config = trainer_config_from_exec_properties(exec_properties)
+        config = trainer_config_from_exec_properties(exec_properties, read_hyperparameters(input_dict))
         super().Do(input_dict, output_dict, exec_properties)
         # The replicas' `run_executor` processes write the model, not this task's output metadata: the
         # properties are recorded here, from the report the chief exported.

@@ -1,0 +1,286 @@
+"""Fine-tuning that keeps what the head learned (issue #14): the phase transition against the Keras guide.
+
+The project's pretrained backbone (MobileNetV2 0.35, 32 px, pretrained on sklearn digits 0-4) on the
+target task, digits 5-9; the same data, seed and schedule for every run: a new head on the frozen base
+for `HEAD_EPOCHS` at `HEAD_LR`, then block_16 and the top unfrozen for `FINETUNE_EPOCHS` at the
+fine-tune rate. Runs:
+
+* `keras-guide`: the anchor, plain tf.keras. The head trains on the frozen base with Adam; then
+  block_16 and the top become trainable and the model is recompiled with a fresh Adam at the fine-tune
+  rate (the Keras transfer-learning guide). Its head phase is trained once and shared by both rates.
+* `project`: this project's defaults, the same two phases as an explicit policy (`optimizer_state`
+  `reset_new`, per-variable bias correction, no warm-up, no restore_best). BatchNorm `affine`, which
+  trains what the guide's `base.trainable = True` trains (gamma/beta on fixed statistics).
+* `head_then_top`: the recipe with its safe defaults (warm-up, restore_best), top 11 layers = block_16
+  and the top.
+* `backbone_at_epoch`, `gradual`: the other recipes with their defaults (`--recipes`).
+
+Prints, per run: the last head epoch's training loss, the first unfrozen epoch's training loss, the
+evaluation accuracy at the end of the head-only phase and at the end, and PASS/FAIL per goal:
+
+1. the project's first unfrozen epoch's loss <= the anchor's, at each rate;
+2. the project's final accuracy >= the anchor's, at each rate;
+3. with restore_best (head_then_top), the final accuracy never below the head-only phase;
+4. (`--recipes`) each recipe ends at or above its own head-only phase.
+
+    python benchmarks/phase_transition.py              # both rates, anchor, project, head_then_top
+    python benchmarks/phase_transition.py --recipes    # and backbone_at_epoch and gradual
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `pipelines`
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
+from freeze_trainer.keras.classifier_model import backbone_of, build_classifier  # noqa: E402
+from freeze_trainer.keras.example_feed import ExampleFeed, endless_batches  # noqa: E402
+from freeze_trainer.keras.feature_cache import FeatureCache  # noqa: E402
+from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
+from pipelines.digits_data import TARGET_DIGITS  # noqa: E402
+from pipelines.pretrain_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, digit_split  # noqa: E402
+
+SEED = 0
+BATCH_SIZE = 32
+HEAD_EPOCHS = 10
+FINETUNE_EPOCHS = 6
+HEAD_LR = 1e-2
+RATES = (1e-3, 1e-4)
+UNFROZEN_GROUPS = ("block_16", "top")  # 11 layers of MobileNetV2: block_16_expand .. out_relu
+TOP_LAYERS = 11
+SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+@dataclass
+class Result:
+    run: str
+    rate: float | None
+    head_epochs: int  # how many epochs the head-only phase had
+    epochs: list[dict] = field(default_factory=list)  # each epoch's logs, in order
+    head_accuracy: float = float("nan")  # evaluation accuracy the head-only phase ended with
+    final_accuracy: float = float("nan")
+    seconds: float = 0.0
+    restores_best: bool = False
+
+    @property
+    def last_head_loss(self) -> float:
+        return self.epochs[self.head_epochs - 1]["loss"]
+
+    @property
+    def first_unfrozen_loss(self) -> float:
+        return self.epochs[self.head_epochs]["loss"]
+
+
+class _EpochLog(tf.keras.callbacks.Callback):
+    def __init__(self, logs: list):
+        super().__init__()
+        self.logs = logs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append({key: float(value) for key, value in (logs or {}).items()})
+
+
+def _data():
+    (train_images, train_labels), (eval_images, eval_labels) = digit_split(TARGET_DIGITS)
+    return (train_images, train_labels.astype("int64")), (eval_images, eval_labels.astype("int64"))
+
+
+def _model() -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(SEED)
+    backbone = build_backbone(BACKBONE_NAME, DEFAULT_BACKBONE_PATH, SHAPE, ALPHA)
+    return build_classifier(backbone, BACKBONE_NAME, len(TARGET_DIGITS), bn_inference_mode=True)
+
+
+def _accuracy(model: tf.keras.Model, evaluation) -> float:
+    images, labels = evaluation
+    predictions = model.predict(images, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=1) == labels))
+
+
+def keras_guide(train, evaluation, rates) -> list[Result]:
+    """The anchor: plain tf.keras, the Keras transfer-learning guide's recipe, on the project's batches. The
+    frozen base runs in inference mode and the dropout sits after it, so its head phase trains the head on
+    the base's features computed once: the same training as on images, in a fraction of the time."""
+    start = time.perf_counter()
+    model = _model()
+    base = backbone_of(model)
+    examples = tf.data.Dataset.from_tensor_slices(train)
+    eval_batches = tf.data.Dataset.from_tensor_slices(evaluation).batch(BATCH_SIZE)
+    steps = -(-len(train[1]) // BATCH_SIZE)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy
+
+    def fit(fitted: tf.keras.Model, data, validation, first_epoch: int, epochs: int, learning_rate: float, logs: list):
+        fitted.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=loss(),
+                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        # Each phase starts the seeded stream of batches afresh, as the project's phases do.
+        fitted.fit(endless_batches(data, BATCH_SIZE, SEED, 0), validation_data=validation, initial_epoch=first_epoch,
+                   epochs=first_epoch + epochs, steps_per_epoch=steps, callbacks=[_EpochLog(logs)], verbose=0)
+
+    base.trainable = False
+    features = tf.keras.Model(model.inputs, model.get_layer("head_pool").output)
+    head = tf.keras.Sequential([tf.keras.Input(features.output_shape[1:]), model.get_layer("head_dropout"),
+                                model.get_layer("head_classifier")])
+
+    def on_features(split):
+        return features.predict(split[0], batch_size=256, verbose=0), split[1]
+
+    head_logs: list = []
+    train_features, eval_features = on_features(train), on_features(evaluation)
+    fit(head, tf.data.Dataset.from_tensor_slices(train_features),
+        tf.data.Dataset.from_tensor_slices(eval_features).batch(BATCH_SIZE), 0, HEAD_EPOCHS, HEAD_LR, head_logs)
+    head_accuracy = _accuracy(model, evaluation)
+    head_weights = model.get_weights()
+    head_seconds = time.perf_counter() - start
+    results = []
+    for rate in rates:
+        start = time.perf_counter()
+        model.set_weights(head_weights)
+        base.trainable = True
+        for layer in base.layers:
+            layer.trainable = any(layer.name.startswith(prefix) for prefix in ("block_16_", "Conv_1", "out_relu"))
+        logs = list(head_logs)
+        fit(model, examples, eval_batches, HEAD_EPOCHS, FINETUNE_EPOCHS, rate, logs)
+        base.trainable = False
+        results.append(Result("keras-guide", rate, HEAD_EPOCHS, logs, head_accuracy, _accuracy(model, evaluation),
+                              head_seconds + time.perf_counter() - start))
+    return results
+
+
+def project(name: str, policy: dict, train, evaluation, rate: float | None, learning_rate: float = HEAD_LR) -> Result:
+    """One run of this project's trainer (`fit`), with the frozen-feature cache for head-only phases."""
+    start = time.perf_counter()
+    model = _model()
+    plans = plan_policy(policy_from_dict(policy), model, learning_rate, HEAD_EPOCHS)
+    logs: list = []
+    examples = tf.data.Dataset.from_tensor_slices(train)
+    eval_examples = tf.data.Dataset.from_tensor_slices(evaluation)
+    with tempfile.TemporaryDirectory() as spill, FeatureCache(name, spill) as cache:
+        feed = ExampleFeed(examples, eval_examples, BATCH_SIZE, SEED, cache)
+        checks, _ = train_with_fit(model, plans, feed, callbacks=[_EpochLog(logs)], verbose=0)
+    head_epochs = plans[0].epochs
+    head_end = head_epochs - 1
+    if checks[0].best_epoch is not None:
+        head_end = checks[0].best_epoch - 1
+    return Result(name, rate, head_epochs, logs, logs[head_end]["val_accuracy"], _accuracy(model, evaluation),
+                  time.perf_counter() - start, any(plan.phase.restores_best for plan in plans[1:]))
+
+
+def two_phase_policy(rate: float, **finetune) -> dict:
+    unfreeze = [{"unfreeze": {"group": group}} for group in UNFROZEN_GROUPS]
+    return {
+        "version": 1,
+        "batchnorm": "affine",
+        "phases": [
+            {"name": "head", "epochs": HEAD_EPOCHS, "rules": [{"freeze": {"base": True}}]},
+            {"name": "finetune", "epochs": FINETUNE_EPOCHS, "learning_rate": rate,
+             "rules": [{"freeze": {"base": True}}, *unfreeze], **finetune},
+        ],
+    }
+
+
+def head_then_top(rate: float) -> dict:
+    return {"version": 1, "batchnorm": "affine", "recipe": {"head_then_top": {
+        "head_epochs": HEAD_EPOCHS, "finetune_epochs": FINETUNE_EPOCHS, "top_layers": TOP_LAYERS,
+        "finetune_learning_rate": rate}}}
+
+
+RECIPES = {
+    "backbone_at_epoch": {"version": 1, "recipe": {"backbone_at_epoch": {
+        "unfreeze_at_epoch": HEAD_EPOCHS, "epochs": HEAD_EPOCHS + FINETUNE_EPOCHS}}},
+    "gradual": {"version": 1, "auto_groups": 3, "recipe": {"gradual": {"epochs_per_group": 2}}},
+}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if value == value else "-"
+
+
+def table(results: list[Result]) -> list[str]:
+    row = "{:<34} {:>8} {:>14} {:>18} {:>13} {:>10} {:>7}"
+    lines = [row.format("run", "ft rate", "last head loss", "first unfrozen loss", "head-only acc", "final acc", "s")]
+    for r in results:
+        lines.append(row.format(r.run, f"{r.rate:g}" if r.rate else "-", _fmt(r.last_head_loss),
+                                _fmt(r.first_unfrozen_loss), _fmt(r.head_accuracy), _fmt(r.final_accuracy),
+                                f"{r.seconds:.0f}"))
+    return lines
+
+
+def goals(results: list[Result], rates) -> list[tuple[str, bool]]:
+    by = {(r.run, r.rate): r for r in results}
+    checks = []
+    for rate in rates:
+        anchor, ours = by[("keras-guide", rate)], by[("project", rate)]
+        checks.append((f"rate {rate:g}: project's first unfrozen epoch loss {ours.first_unfrozen_loss:.4f} <= "
+                       f"anchor's {anchor.first_unfrozen_loss:.4f}", ours.first_unfrozen_loss <= anchor.first_unfrozen_loss))
+        checks.append((f"rate {rate:g}: project's final accuracy {ours.final_accuracy:.4f} >= anchor's "
+                       f"{anchor.final_accuracy:.4f}", ours.final_accuracy >= anchor.final_accuracy))
+    for r in results:
+        if r.run in ("keras-guide", *VARIANTS):
+            continue
+        kind = "restore_best" if r.restores_best else "no restore_best"
+        rate = f" at {r.rate:g}" if r.rate else ""
+        checks.append((f"{r.run}{rate} ({kind}): final accuracy {r.final_accuracy:.4f} >= its head-only phase's "
+                       f"{r.head_accuracy:.4f}", r.final_accuracy >= r.head_accuracy))
+    return checks
+
+
+VARIANTS = {
+    "project": {},
+    "reset": {"optimizer_state": "reset"},
+    "keep": {"optimizer_state": "keep"},
+    "warmup1": {"warmup_epochs": 1},
+    "warmup2": {"warmup_epochs": 2},
+    "growth": {"warmup_growth": 2.0, "warmup_ratio": 0.25},
+    "warmup1_best": {"warmup_epochs": 1, "restore_best": True},
+    "best": {"restore_best": True},
+}
+
+
+@click.command()
+@click.option("--recipes/--no-recipes", default=False, help="Also run backbone_at_epoch and gradual.")
+@click.option("--rate", "rates", type=float, multiple=True, help="Fine-tune rates (default: 1e-3 and 1e-4).")
+@click.option("--variant", "variants", multiple=True, default=("project",), help=f"Of {sorted(VARIANTS)}.")
+@click.option("--json-out", default=None, help="Also write every epoch's logs here.")
+def main(recipes: bool, rates: tuple[float, ...], variants, json_out: str | None) -> None:
+    rates = rates or RATES
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    started = time.perf_counter()
+    train, evaluation = _data()
+    results = keras_guide(train, evaluation, rates)
+    for rate in rates:
+        for variant in variants:
+            results.append(project(variant, two_phase_policy(rate, **VARIANTS[variant]), train, evaluation, rate))
+        results.append(project("head_then_top", head_then_top(rate), train, evaluation, rate))
+    if recipes:
+        for name, policy in RECIPES.items():
+            results.append(project(name, policy, train, evaluation, None))
+    print(f"MobileNetV2 {ALPHA} {IMAGE_SIZE}px pretrained on digits 0-4 -> digits 5-9: {len(train[1])} train, "
+          f"{len(evaluation[1])} eval; head {HEAD_EPOCHS} epochs at {HEAD_LR:g}, fine-tune {FINETUNE_EPOCHS} epochs")
+    print("\n".join(table(results)))
+    outcomes = goals(results, rates)
+    for text, passed in outcomes:
+        print(f"{'PASS' if passed else 'FAIL'}  {text}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump([r.__dict__ for r in results], f, indent=1)
+    sys.exit(0 if all(passed for _, passed in outcomes) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The one check every submission of a compiled pipeline passes, one run (`kubeflow.run`) or a schedule
+(`kubeflow.schedule`), before anything is sent:
+
+- every `--param NAME=VALUE` (and `--freeze-policy`) names a parameter the compiled spec declares and has
+  its declared type, so `--param epochs=three` is refused;
+- the trainer configuration the run would see (the compiled FreezeTrainer task's constants, the pipeline
+  parameters' defaults, the overrides) passes the trainer's own validation (`TrainerConfig`);
+- the policy is planned against the model of the compiled spec: its backbone, backbone_alpha, ... (the
+  FreezeTrainer task's constant inputs) at its image size (the Transform task's custom_config), with
+  `plan_for_config`, so a selector that matches no layer (`{"unfreeze": {"group": "block_99"}}`) is refused
+  here, not an hour into a run.
+
+A refused value is one line naming it (`Refused`, exit status 2), and nothing is submitted.
+
+Planning builds the architecture with random weights and reads no data. A saved `.keras` backbone of a
+named architecture that is not on this machine (a gs:// URI, a path in the image) is planned as that
+architecture; a `custom` backbone, whose architecture is only in its file, is planned when the file is on
+this machine, and otherwise not (a warning says so), like a trainer module's own model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+import yaml
+
+import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.policy import PolicyError, parse_policy, read_policy_source
+from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, TRAINER_PARAMETER_NAMES, ConfigError, TrainerConfig
+from kubeflow.pipeline_definition import TRAINER_NODE_ID
+
+TRANSFORM_NODE_ID = "Transform"
+_PARAMETER_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
+_TYPE_NAMES = {str: "a string", int: "an int", float: "a float", bool: "a boolean"}
+# Trainer task inputs that hand the model to the user's code: the plan is theirs to make.
+_USER_CODE_INPUTS = ("module_file", "module_path", "run_fn")
+
+
+class Refused(click.ClickException):
+    """A submission the compiled pipeline would not run: one line naming the bad value."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the validator wrote
+
+
+def read_pipeline_spec(path: str) -> dict:
+    """The PipelineSpec dict of a compiled `.json` PipelineJob or `.yaml` PipelineSpec."""
+    with open(path) as f:
+        document = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    return document.get("pipelineSpec", document)
+
+
+def declared_parameters(path: str) -> dict[str, dict]:
+    return read_pipeline_spec(path)["root"]["inputDefinitions"]["parameters"]
+
+
+def _typed(name: str, text: Any, kind: type) -> Any:
+    if isinstance(text, kind) and not (kind is not bool and isinstance(text, bool)):
+        return text
+    if kind is float and isinstance(text, int) and not isinstance(text, bool):
+        return float(text)
+    if kind is bool:
+        lowered = str(text).strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+    elif isinstance(text, str):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise Refused(f"{name}: {text!r} is not {_TYPE_NAMES[kind]}")
+
+
+def _constant(source: dict) -> Any:
+    """The value of a task input that is a constant: schema 2.1 `runtimeValue.constant`, or schema 2.0
+    `runtimeValue.constantValue.{stringValue,intValue,doubleValue}`."""
+    runtime = source["runtimeValue"]
+    if "constant" in runtime:
+        return runtime["constant"]
+    (value,) = runtime["constantValue"].values()
+    return value
+
+
+def _task(spec: dict, name: str, path: str) -> dict:
+    try:
+        return spec["root"]["dag"]["tasks"][name]
+    except KeyError:
+        raise Refused(f"{path} has no {name} task: not a FreezeTrainer pipeline") from None
+
+
+def compiled_trainer_values(spec: dict, parameters: dict[str, Any], path: str) -> dict[str, Any]:
+    """The trainer parameters the compiled FreezeTrainer task runs with: its constant inputs (compile-time
+    parameters) and, for the inputs that are pipeline parameters, `parameters`' values."""
+    inputs = _task(spec, TRAINER_NODE_ID, path)["inputs"].get("parameters", {})
+    values = {}
+    for name in TRAINER_PARAMETER_NAMES:
+        source = inputs.get(name)
+        if source is None:
+            continue
+        if "componentInputParameter" in source:
+            values[name] = parameters.get(source["componentInputParameter"])
+        elif "runtimeValue" in source:
+            values[name] = _constant(source)
+    return values
+
+
+def compiled_image_size(spec: dict, path: str) -> int | None:
+    """The image size the Transform task resizes to (its custom_config), or None when it sets none."""
+    inputs = _task(spec, TRANSFORM_NODE_ID, path)["inputs"].get("parameters", {})
+    if "custom_config" not in inputs or "runtimeValue" not in inputs["custom_config"]:
+        return None
+    custom_config = _constant(inputs["custom_config"])
+    custom_config = json.loads(custom_config) if isinstance(custom_config, str) else custom_config
+    size = (custom_config or {}).get("image_size")
+    return int(size) if size is not None else None
+
+
+def _uses_user_code(spec: dict) -> bool:
+    inputs = spec["root"]["dag"]["tasks"][TRAINER_NODE_ID]["inputs"].get("parameters", {})
+    return any("runtimeValue" in inputs[name] and _constant(inputs[name]) for name in _USER_CODE_INPUTS
+               if name in inputs)
+
+
+def plan_compiled(config: TrainerConfig, image_size: int | None, path: str) -> str | None:
+    """Plans `config`'s policy on the compiled model; raises Refused naming a bad value. Returns a warning
+    when the model cannot be built here (and so is not planned), else None."""
+    from freeze_trainer.keras.backbones import BackboneError, is_saved_backbone
+    from freeze_trainer.keras.classifier_model import HeadError
+    from freeze_trainer.tfx.trainer_model import plan_for_config
+
+    weights = config.backbone_weights
+    if is_saved_backbone(weights) and not os.path.exists(weights):
+        if config.backbone == CUSTOM_BACKBONE:
+            return (f"warning: the freeze policy is not planned: the custom backbone {weights} is not on this "
+                    "machine; the trainer plans it when the run starts")
+        # A saved backbone of a named architecture has that architecture's layers.
+        config = config.model_copy(update={"backbone_weights": "none"})
+    if image_size is None and config.backbone != CUSTOM_BACKBONE:
+        raise Refused(f"{path}: its {TRANSFORM_NODE_ID} task sets no image_size to plan the policy at")
+    try:
+        plan_for_config(config, (image_size, image_size, 3) if image_size else None)
+    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
+        raise Refused(str(err)) from None
+    return None
+
+
+def parameter_values(path: str, overrides: dict[str, Any], plan: bool = True) -> dict[str, Any]:
+    """Typed values for `overrides` (name -> text) by the compiled spec's declared parameter types, after
+    the whole check (module docstring). Raises Refused, naming the bad value."""
+    spec = read_pipeline_spec(path)
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    values: dict[str, Any] = {}
+    for name, text in overrides.items():
+        if name not in declared:
+            raise Refused(f"{name!r} is not a parameter of {path}; it has {', '.join(sorted(declared))}")
+        values[name] = _typed(name, text, _PARAMETER_TYPES[declared[name]["parameterType"]])
+    if "freeze_policy" in values:
+        try:
+            values["freeze_policy"] = parse_policy(values["freeze_policy"]).canonical_json()
+        except PolicyError as err:
+            raise Refused(str(err)) from None
+    # The trainer's own validation, on the values the run will see (overrides over compiled defaults).
+    effective = {name: parameter.get("defaultValue") for name, parameter in declared.items()} | values
+    try:
+        config = TrainerConfig.from_parameters(**compiled_trainer_values(spec, effective, path))
+    except (PolicyError, ConfigError) as err:
+        raise Refused(str(err)) from None
+    if plan:
+        if _uses_user_code(spec):
+            click.echo("warning: the freeze policy is not planned: the trainer task runs a module of its own",
+                       err=True)
+        elif warning := plan_compiled(config, compiled_image_size(spec, path), path):
+            click.echo(warning, err=True)
+    return values
+
+
+def overrides_from_options(params: tuple[str, ...], freeze_policy: str | None) -> dict[str, str]:
+    """NAME=VALUE texts of `--param` and the `--freeze-policy` file or inline text, by name."""
+    result = {}
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise Refused(f"--param {item!r}: use NAME=VALUE")
+        result[name] = value
+    if freeze_policy is not None:
+        try:
+            result["freeze_policy"] = read_policy_source(freeze_policy)
+        except (OSError, PolicyError) as err:
+            raise Refused(f"--freeze-policy: {err}") from None
+    return result
+
+
+def checked_values(path: str, params: tuple[str, ...], freeze_policy: str | None) -> dict[str, Any]:
+    """The submission check of both commands: the typed parameter values to submit, or Refused."""
+    return parameter_values(path, overrides_from_options(params, freeze_policy))
+
+
+param_option = click.option("--param", "params", multiple=True,
+                            help="NAME=VALUE of a pipeline parameter; repeatable.")
+policy_option = click.option("--freeze-policy", default=None,
+                             help="The freeze_policy value: a JSON/YAML file or inline JSON.")
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Check the values, print the request that would be sent, send nothing.")
+
+
+def vertex_pipeline_job(template_path: str, display_name: str, project: str, location: str,
+                        values: dict[str, Any], pipeline_root: str | None = None, credentials=None,
+                        enable_caching: bool = False):
+    """The aiplatform.PipelineJob a run or a schedule submits; building it makes no network call."""
+    from google.cloud import aiplatform
+
+    return aiplatform.PipelineJob(
+        display_name=display_name,
+        template_path=template_path,
+        project=project,
+        location=location,
+        parameter_values=values,
+        pipeline_root=pipeline_root,
+        enable_caching=enable_caching,
+        credentials=credentials,
+    )
+
+
+def vertex_job_request(job, service_account: str | None = None) -> dict:
+    """The CreatePipelineJob request `job.submit(service_account=...)` sends, as JSON; the compiled
+    pipelineSpec, unchanged from the template, is abbreviated to its name and tasks."""
+    from google.protobuf import json_format
+
+    resource = type(job._gca_resource).pb(job._gca_resource)  # noqa: SLF001
+    request_job = type(resource)()
+    request_job.CopyFrom(resource)  # a copy: submit() sets the service account on the job itself
+    if service_account:
+        request_job.service_account = service_account
+    pipeline_job = json_format.MessageToDict(request_job)
+    spec = pipeline_job.pop("pipelineSpec", {})
+    pipeline_job["pipelineSpec"] = {
+        "abbreviated": "the compiled spec, as in the template",
+        "pipelineInfo": spec.get("pipelineInfo"),
+        "tasks": sorted(spec.get("root", {}).get("dag", {}).get("tasks", {})),
+    }
+    return {"parent": job._parent, "pipelineJobId": job.job_id, "pipelineJob": pipeline_job}  # noqa: SLF001
+
+
+def echo_request(title: str, request: dict) -> None:
+    """A dry run's output: the request as JSON on stdout, then a line on stderr that nothing was sent."""
+    click.echo(json.dumps(request, indent=2, sort_keys=True, default=str))
+    click.echo(f"dry run: {title} checked, nothing submitted", err=True)

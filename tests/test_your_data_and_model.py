@@ -1,0 +1,203 @@
+"""A TFX team's own data and model, through the local runner, with real pipelines and MLMD:
+
+- tabular: scikit-learn's breast-cancer table as tf.Examples with named numeric columns, the user's own
+  Transform module, a base MLP pretrained here on a source task and saved as `.keras` (`backbone:
+  custom`), a new binary head gated on AUC, the base frozen and then its top layer unfrozen; the pushed
+  model beats the same head on a random-initialised frozen base;
+- images under other names (`pixels`, `digit`, string labels through a vocabulary), a model from a
+  trainer module's `build_model` with its own declared head, a Tuner-style hyperparameters file that
+  changes the learning rate, and TFX's train_args/eval_args step counts.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import roc_auc_score
+
+from freeze_trainer import parse_policy
+from freeze_trainer.keras import build_classifier, plan_policy, train_with_proof
+from freeze_trainer.keras.tasks import Task
+from pipelines.digits_data import DIGIT_NAMES, TARGET_DIGITS, load_digit_pngs, to_example, write_digits_examples
+from pipelines.run_summary import summarize_latest_run
+from tests.conftest import REPO_ROOT, run_local_runner
+
+MODULES = os.path.join(REPO_ROOT, "tests", "user_modules")
+PIPELINE_NAME = "freeze-trainer-demo"
+SOURCE_ROWS = 300  # pretraining rows; the pipeline trains and evaluates on the rest
+HEAD_RATE = 0.05
+TABULAR_POLICY = {
+    "version": 1,
+    "block_pattern": "(enc_\\d+)",
+    "phases": [
+        {"name": "head", "epochs": 10, "rules": [{"freeze": {"base": True}}]},
+        {"name": "top", "epochs": 3, "learning_rate": 0.005,
+         "rules": [{"freeze": {"base": True}}, {"unfreeze": {"group": "enc_2"}}]},
+    ],
+}
+
+
+def _columns(data) -> list[str]:
+    return [f"f_{index:02d}" for index in range(data.data.shape[1])]
+
+
+def _tabular_examples(rows: np.ndarray, labels: np.ndarray, columns: list[str]) -> list[bytes]:
+    return [
+        tf.train.Example(features=tf.train.Features(feature={
+            **{name: tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+               for name, value in zip(columns, row)},
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        })).SerializeToString()
+        for row, label in zip(rows, labels)
+    ]
+
+
+def _mlp_base(width: int) -> tf.keras.Model:
+    inputs = tf.keras.Input((width,), name="features")
+    x = tf.keras.layers.Dense(16, activation="relu", name="enc_1")(inputs)
+    x = tf.keras.layers.Dense(3, activation="relu", name="enc_2")(x)
+    return tf.keras.Model(inputs, x, name="mlp_base")
+
+
+@pytest.fixture(scope="module")
+def tabular_run(tmp_path_factory):
+    """Pretrains an MLP base on a source task (rows 0-299: is the mean radius above its median?), saves it as
+    `.keras`, and runs the pipeline on the target task (the diagnosis) over the other rows."""
+    tf.keras.utils.set_random_seed(0)
+    work = tmp_path_factory.mktemp("tabular")
+    data = load_breast_cancer()
+    columns = _columns(data)
+    mean, std = data.data.mean(axis=0), data.data.std(axis=0)
+    scaled = ((data.data - mean) / std).astype("float32")
+    source_x = scaled[:SOURCE_ROWS]
+    source_y = (data.data[:SOURCE_ROWS, 0] > np.median(data.data[:SOURCE_ROWS, 0])).astype("int64")
+    base = _mlp_base(len(columns))
+    pretrain = tf.keras.Sequential([base, tf.keras.layers.Dense(1, activation="sigmoid")])
+    pretrain.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    pretrain.fit(source_x, source_y, epochs=30, batch_size=32, verbose=0)
+    base_path = str(work / "mlp_base.keras")
+    base.save(base_path)
+    random_base_path = str(work / "random_base.keras")
+    _mlp_base(len(columns)).save(random_base_path)
+
+    data_root = work / "data"
+    data_root.mkdir()
+    target_rows, target_labels = data.data[SOURCE_ROWS:], data.target[SOURCE_ROWS:]
+    with tf.io.TFRecordWriter(str(data_root / "cancer.tfrecord")) as writer:
+        for record in _tabular_examples(target_rows, target_labels, columns):
+            writer.write(record)
+    output_dir = str(work / "run")
+    result = run_local_runner(
+        "--output-dir", output_dir, "--data-root", str(data_root),
+        "--transform-module", os.path.join(MODULES, "tabular_transform.py"),
+        "--backbone", "custom", "--backbone-weights", base_path,
+        "--transformed-feature-key", "features_xf", "--task", "binary",
+        "--freeze-policy", json.dumps(TABULAR_POLICY), "--batch-size", "16", "--learning-rate", str(HEAD_RATE),
+        "--dropout", "0", "--accuracy-floor", "0.8",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return output_dir, result, target_rows, target_labels, columns, random_base_path
+
+
+def _serve(export_dir: str, records: list[bytes]) -> dict[str, np.ndarray]:
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    return {key: value.numpy() for key, value in serving(examples=tf.constant(records)).items()}
+
+
+def _pushed(output_dir: str) -> str:
+    summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
+    assert summary.pushed_to, summary.lines()
+    return summary.pushed_to
+
+
+def test_tabular_binary_pipeline_gates_on_auc_and_proves_the_frozen_base(tabular_run):
+    output_dir, result, *_ = tabular_run
+    summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
+    assert summary.blessed and summary.metrics["auc"] >= 0.8, summary.lines()
+    assert summary.model_properties["freeze_check"] == "passed"
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
+        report = json.load(f)
+    assert report["task"] == "binary"
+    head, top = report["phases"]
+    assert head["trainable_variables"] == 2  # the new head's kernel and bias
+    assert top["trainable_variables"] == 4 and not top["changed_frozen"]  # + enc_2's kernel and bias
+
+
+def test_tabular_model_serves_raw_rows_and_beats_a_random_frozen_base(tabular_run):
+    output_dir, _, rows, labels, columns, random_base_path = tabular_run
+    served = _serve(_pushed(output_dir), _tabular_examples(rows, labels, columns))
+    assert served["probabilities"].shape == (len(rows), 1)
+    assert set(np.unique(served["class_ids"])) <= {0, 1}
+    pushed_auc = roc_auc_score(labels, served["probabilities"][:, 0])
+
+    # The same head, trained as long on the same rows, on a random-initialised frozen base.
+    tf.keras.utils.set_random_seed(0)
+    scaled = ((rows - rows.mean(axis=0)) / rows.std(axis=0)).astype("float32")
+    random_base = tf.keras.models.load_model(random_base_path, compile=False)
+    model = build_classifier(random_base, None, 2, bn_inference_mode=True, dropout=0.0, input_name="features",
+                             task=Task("binary"))
+    plans = plan_policy(parse_policy(json.dumps({"version": 1, "rules": [{"freeze": {"base": True}}]})), model,
+                        HEAD_RATE, 13)
+    data = tf.data.Dataset.from_tensor_slices((scaled, labels.reshape(-1, 1).astype("float32"))).batch(16)
+    checks, _ = train_with_proof(model, plans, data, verbose=0, task=Task("binary"))
+    assert checks[0].passed
+    random_auc = roc_auc_score(labels, model.predict(scaled, verbose=0)[:, 0])
+    assert pushed_auc > random_auc, (pushed_auc, random_auc)
+    assert pushed_auc > 0.9
+
+
+@pytest.fixture(scope="module")
+def renamed_images_run(tmp_path_factory):
+    """Digits under `pixels` with string labels under `digit`; the model comes from a trainer module's
+    `build_model` with its own head; a hyperparameters file sets the learning rate."""
+    work = tmp_path_factory.mktemp("renamed")
+    data_root = write_digits_examples(str(work / "data"), limit=240, image_key="pixels", label_key="digit",
+                                      label_names=True)
+    hyperparameters = work / "best_hyperparameters.txt"
+    hyperparameters.write_text(json.dumps({"space": [], "values": {"learning_rate": 0.02, "units": 8}}))
+    output_dir = str(work / "run")
+    result = run_local_runner(
+        "--output-dir", output_dir, "--data-root", data_root, "--image-key", "pixels", "--label-key", "digit",
+        "--trainer-module", os.path.join(MODULES, "small_cnn.py"), "--head-layers", "digit_head",
+        "--hyperparameters", str(hyperparameters), "--train-steps", "30", "--eval-steps", "2", "--epochs", "3",
+        "--accuracy-floor", "0.0",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return output_dir, result
+
+
+def test_renamed_keys_and_a_module_model_serve_string_classes(renamed_images_run):
+    output_dir, _ = renamed_images_run
+    summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
+    assert summary.model_properties["freeze_check"] == "passed"
+    pngs, labels = load_digit_pngs(TARGET_DIGITS, limit=40)
+    records = [to_example(png, DIGIT_NAMES[label], "pixels", "digit").SerializeToString() for png, label in
+               zip(pngs, labels)]
+    served = _serve(_pushed(output_dir), records)
+    assert served["probabilities"].shape == (40, 5)
+    assert {name.decode() for name in served["classes"]} <= {DIGIT_NAMES[d] for d in TARGET_DIGITS}
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
+        report = json.load(f)
+    # The module model's base (conv_1, conv_2) is frozen by the default policy; only its own head trains.
+    assert report["phases"][0]["trainable_variables"] == 2 and report["task"] == "multiclass"
+
+
+def test_hyperparameters_override_the_learning_rate_visibly(renamed_images_run):
+    output_dir, result = renamed_images_run
+    summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
+    assert dict(summary.model_properties["hyperparameters"].items()) == {"learning_rate": 0.02, "units": 8}
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
+        report = json.load(f)
+    assert report["phases"][0]["learning_rate"] == 0.02
+    assert 'Hyperparameters override the trainer parameters: {"learning_rate": 0.02' in result.stdout
+
+
+def test_train_and_eval_steps_mean_what_they_mean_for_the_stock_trainer(renamed_images_run):
+    output_dir, _ = renamed_images_run
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
+        report = json.load(f)
+    assert report["phases"][0]["epochs"] == 3
+    assert report["steps_per_epoch"] == 10  # train_args.num_steps 30 over 3 epochs
