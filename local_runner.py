@@ -30,6 +30,7 @@ from freeze_trainer.keras.classifier_model import HeadError
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
 from freeze_trainer.tfx.trainer_model import plan_for_config
+from pipelines.data_checks import check_data_root
 from pipelines.digits_data import write_digits_examples
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
 
@@ -124,20 +125,32 @@ def load_build_model(module_file: str):
 @click.option("--retrain", is_flag=True,
               help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
+@click.option("--beam-arg", "beam_args", multiple=True,
+              help="A Beam pipeline argument (e.g. --direct_num_workers=4), instead of the defaults; repeatable.")
 def main(output_dir, image_size, transform_module, trainer_module, train_steps, eval_steps, hyperparameters, data_root,
-         sample, accuracy_floor, retrain, **kwargs):
+         sample, accuracy_floor, retrain, beam_args, **kwargs):
     parameters = pop_trainer_parameters(kwargs)
     parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
     config = validated_config(image_size, trainer_module, **parameters)
+    if data_root:  # the user's data: checked before anything is written or any component runs
+        check_data_root(data_root, config, bundled_transform=transform_module is None)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
+    from pipelines.crash_resume import resume_interrupted_training, run_fingerprint
     from pipelines.freeze_pipeline import create_pipeline
     from pipelines.run_summary import summarize_latest_run
 
     output_dir = os.path.abspath(output_dir)
+    # A run killed mid-training left its executions RUNNING: they become CANCELED, and this run's trainer
+    # continues the killed one's training when the runs are the same (pipelines/crash_resume.py).
+    trainer_resume = resume_interrupted_training(
+        os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME, os.path.join(output_dir, "pipeline_root"),
+        run_fingerprint(config.parameter_values(), data_root or f"digits 5-9, sample {sample}",
+                        [transform_module, trainer_module, hyperparameters, config.backbone_weights],
+                        image_size=image_size, train_steps=train_steps, eval_steps=eval_steps, retrain=retrain))
     data_root = data_root or write_digits_examples(os.path.join(output_dir, "data", "digits_5to9"), limit=sample)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
     pipeline = create_pipeline(
@@ -155,9 +168,14 @@ def main(output_dir, image_size, transform_module, trainer_module, train_steps, 
         accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
         retrain=retrain,
+        trainer_custom_config=trainer_resume,
+        beam_pipeline_args=list(beam_args) or None,
     )
     started = time.monotonic()
-    LocalDagRunner().run(pipeline)
+    try:
+        LocalDagRunner().run(pipeline)
+    except (PolicyError, ConfigError, BackboneError, HeadError) as err:  # found once the data is read
+        raise click.ClickException(str(err)) from None
     wall = time.monotonic() - started
 
     summary = summarize_latest_run(metadata_path, PIPELINE_NAME)

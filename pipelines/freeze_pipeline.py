@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import freeze_trainer  # noqa: F401, I001  (first: sets TF_USE_LEGACY_KERAS before TFX imports TensorFlow)
 import tensorflow_model_analysis as tfma
 from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform
 from tfx.dsl.components.common.importer import Importer
@@ -30,7 +31,10 @@ PREPROCESSING_FN = "freeze_trainer.tfx.image_transform.preprocessing_fn"
 # `tfx.v1` is not imported: it pulls in the Vertex and Kubeflow clients, 20 s of start-up on 2 cores.
 
 # One in-process worker: on a small machine, Beam's default multi-process runner spends more time
-# starting workers and shipping data between them than it saves.
+# starting workers and shipping data between them than it saves. These are Beam 2.59's DirectRunner
+# defaults (apache_beam/options/pipeline_options.py), so local runs pass no Beam args at all: with any,
+# every Beam executor of every run packages TFX into a ~42 MB sdist under the temp dir
+# (tfx.utils.dependency_utils.build_ephemeral_package, for remote workers) and never deletes it.
 FAST_LOCAL_BEAM_ARGS = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
 
 
@@ -171,5 +175,5 @@ def create_pipeline(
                     trainer, model_resolver, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(beam_pipeline_args or FAST_LOCAL_BEAM_ARGS),
+        beam_pipeline_args=list(beam_pipeline_args or []),  # none: Beam's defaults, FAST_LOCAL_BEAM_ARGS
     )

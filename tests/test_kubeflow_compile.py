@@ -14,12 +14,14 @@ from freeze_trainer.policy.freeze_policy import parse_policy
 from kubeflow import compile_pipeline as compile_cli
 from kubeflow import schedule
 from kubeflow.pipeline_definition import (
+    BEAM_PRESETS,
     PARAMETER_NAMES,
     PARAMETER_TYPES,
     CompileOptions,
     compile_pipeline,
     parameter_defaults,
 )
+from kubeflow.submission import Refused
 from tests.conftest import REPO_ROOT
 from tests.kfp_task_launch import load_pipeline_spec
 
@@ -35,7 +37,10 @@ OPTIONS = CompileOptions(
     backbone_weights="gs://example-bucket/backbones/mobilenetv2.keras",
     retrain=True,
     trainer_resources={"cpu": 8, "memory_gb": 30, "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1},
+    trainer_retry={"retries": 3, "backoff_seconds": 30},
 )
+# The tasks whose executors run Beam pipelines.
+BEAM_TASKS = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
 RESOLVER_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
 
 
@@ -52,6 +57,7 @@ def vertex_compiled(tmp_path_factory):
     options = OPTIONS.model_copy(update={
         "retrain": False,
         "trainer_resources": CompileOptions.model_fields["trainer_resources"].default,
+        "trainer_retry": CompileOptions.model_fields["trainer_retry"].default,  # no retries: no policy
         "vertex_training": {"project": "example-project", "region": "europe-west4", "machine_type": "n1-standard-8",
                             "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 2},
     })
@@ -142,13 +148,45 @@ def test_trainer_node_resources(compiled):
     spec = load_pipeline_spec(compiled["yaml"])
     resources = _container(spec, "FreezeTrainer_executor")["resources"]
     assert resources["cpuLimit"] == 8 and resources["memoryLimit"] == 30
+    # Requests alongside the limits, so the pod is scheduled where what it may use is free.
+    assert resources["cpuRequest"] == 8 and resources["memoryRequest"] == 30
     assert resources["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "1"}
     assert "resources" not in _container(spec, "Transform_executor")
 
 
+def test_the_trainer_task_alone_is_retried_with_backoff_in_both_formats(compiled, vertex_compiled):
+    from kfp.dsl import structures
+
+    for path in (compiled["yaml"], compiled["json"]):
+        tasks = load_pipeline_spec(path).root.dag.tasks  # strict: an unknown field would fail
+        policy = tasks["FreezeTrainer"].retry_policy
+        assert policy.max_retry_count == 3
+        assert policy.backoff_duration.seconds == 30 and policy.backoff_factor == 2.0
+        assert policy.backoff_max_duration.seconds == 3600
+        # What the KFP SDK's own `PipelineTask.set_retry` compiles.
+        assert policy == structures.RetryPolicy(max_retry_count=3, backoff_duration="30s", backoff_factor=2.0,
+                                                backoff_max_duration="3600s").to_proto()
+        assert [name for name, task in tasks.items() if task.HasField("retry_policy")] == ["FreezeTrainer"]
+    assert not load_pipeline_spec(vertex_compiled).root.dag.tasks["FreezeTrainer"].HasField("retry_policy")
+    # The Vertex request keeps it.
+    job = schedule.vertex_pipeline_job(compiled["json"], "retries", "example-project", "europe-west4", {},
+                                       credentials=AnonymousCredentials())
+    assert job._gca_resource.pipeline_spec["root"]["dag"]["tasks"]["FreezeTrainer"]["retryPolicy"][
+        "maxRetryCount"] == 3
+
+
+def test_the_default_beam_preset_is_multi_processing_on_every_beam_task(compiled):
+    spec = load_pipeline_spec(compiled["yaml"])
+    for task in BEAM_TASKS:
+        args = _container(spec, f"{task}_executor")["args"]
+        assert args[-len(BEAM_PRESETS["multi_processing"]):] == list(BEAM_PRESETS["multi_processing"]), task
+        assert "--direct_num_workers=1" not in args
+
+
 def test_vertex_pipeline_job_from_the_compiled_file_carries_overrides_offline(compiled):
     policy_text = open(TOP_BLOCK_POLICY_FILE).read()
-    values = schedule.parameter_values(compiled["json"], {"freeze_policy": policy_text, "epochs": "3"})
+    # plan=False: planning against the compiled model is tests/test_kubeflow_submission.py's subject.
+    values = schedule.parameter_values(compiled["json"], {"freeze_policy": policy_text, "epochs": "3"}, plan=False)
     job = schedule.vertex_pipeline_job(
         compiled["json"], "retraining", "example-project", "europe-west4", values,
         pipeline_root="gs://other-bucket/root", credentials=AnonymousCredentials(),
@@ -166,13 +204,13 @@ def test_vertex_pipeline_job_from_the_compiled_file_carries_overrides_offline(co
 def test_schedule_arguments_are_checked_against_the_compiled_spec(compiled):
     import click
 
-    with pytest.raises(click.BadParameter, match="not a parameter"):
+    with pytest.raises(Refused, match="not a parameter"):
         schedule.parameter_values(compiled["yaml"], {"steps": "100"})
-    with pytest.raises(click.BadParameter, match="not a int"):
+    with pytest.raises(Refused, match="epochs: 'three' is not an int"):
         schedule.parameter_values(compiled["yaml"], {"epochs": "three"})
-    with pytest.raises(click.BadParameter, match=r"rules\[0\]"):
+    with pytest.raises(Refused, match=r"rules\[0\]"):
         schedule.parameter_values(compiled["yaml"], {"freeze_policy": '{"version": 1, "rules": [{"frezee": {}}]}'})
-    with pytest.raises(click.BadParameter, match="training_loop"):
+    with pytest.raises(Refused, match="training_loop"):
         schedule.parameter_values(compiled["yaml"], {"training_loop": "keras_3"})
     arguments = schedule.kfp_recurring_run_arguments(
         compiled["yaml"], "nightly", "experiment-id", "0 3 * * *", {"epochs": 3}
@@ -249,25 +287,51 @@ def test_multi_worker_vertex_training_gets_a_chief_pool_and_a_worker_pool():
         CompileOptions.model_validate({**OPTIONS.model_dump(), "distribution": "mirrored", "vertex_training": vertex})
 
 
-def test_compile_command_resource_and_worker_flags_land_in_the_spec(tmp_path):
+def test_compile_command_resource_worker_retry_and_dataflow_flags_land_in_the_spec(tmp_path):
     output = str(tmp_path / "pipeline.yaml")
+    common = ["--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+              "--data-root", "gs://b/data"]
+    dataflow = ["--beam-preset", "dataflow", "--dataflow-project", "df-project", "--dataflow-region", "europe-west4",
+                "--dataflow-temp-location", "gs://b/dataflow-tmp"]
     result = CliRunner().invoke(compile_cli.main, [
-        "--output", output, "--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
-        "--data-root", "gs://b/data", "--trainer-cpu", "4", "--trainer-memory-gb", "16",
+        "--output", output, *common, "--trainer-cpu", "4", "--trainer-memory-gb", "16",
         "--trainer-accelerator", "nvidia.com/gpu", "--trainer-accelerator-count", "2",
         "--vertex-training-project", "p", "--vertex-accelerator", "NVIDIA_L4", "--vertex-accelerator-count", "1",
-        "--vertex-worker-replicas", "3",
+        "--vertex-worker-replicas", "3", "--trainer-retries", "2", "--trainer-retry-backoff", "120",
+        *dataflow, "--beam-arg=--max_num_workers=8",
     ])
     assert result.exit_code == 0, result.output
     spec = load_pipeline_spec(output)
     resources = _container(spec, "FreezeTrainer_executor")["resources"]
-    assert resources == {"cpuLimit": 4.0, "memoryLimit": 16.0, "accelerator": {"type": "nvidia.com/gpu", "count": "2"}}
+    assert resources == {"cpuLimit": 4.0, "cpuRequest": 4.0, "memoryLimit": 16.0, "memoryRequest": 16.0,
+                         "accelerator": {"type": "nvidia.com/gpu", "count": "2"}}
+    retry = spec.root.dag.tasks["FreezeTrainer"].retry_policy
+    assert (retry.max_retry_count, retry.backoff_duration.seconds) == (2, 120)
+    # Every Beam component runs on Dataflow, its workers on the pipeline image; --beam-arg comes after.
+    expected = ["--runner=DataflowRunner", "--project=df-project", "--region=europe-west4",
+                "--temp_location=gs://b/dataflow-tmp", f"--sdk_container_image={IMAGE}", "--sdk_location=container",
+                "--experiments=use_runner_v2", "--max_num_workers=8"]
+    for task in BEAM_TASKS:
+        container = _container(spec, f"{task}_executor")
+        assert container["args"][-len(expected):] == expected, task
+        assert container["image"] == IMAGE
+    # ImportExampleGen's driver (the KFP pre-cache check) reads the input with the same arguments.
+    driver = _container(spec, "ImportExampleGen_executor")["lifecycle"]["preCacheCheck"]
+    assert driver["args"][-len(expected):] == expected
+    assert not any(arg.startswith("--direct_") for task in BEAM_TASKS for arg in _container(spec, f"{task}_executor")["args"])
     custom_config = json.loads(
         spec.root.dag.tasks["FreezeTrainer"].inputs.parameters["custom_config"].runtime_value.constant.string_value
     )
     pools = custom_config["ai_platform_training_args"]["job_spec"]["worker_pool_specs"]
     assert [pool["replica_count"] for pool in pools] == [1, 3]
     assert all(pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4" for pool in pools)
+
+    # Dataflow needs its three flags, and its flags need the dataflow preset; nothing is written then.
+    for flags, message in ((dataflow[:4], "--dataflow-temp-location"),
+                           (dataflow[2:], "need --beam-preset dataflow")):
+        refused = CliRunner().invoke(compile_cli.main, ["--output", str(tmp_path / "bad.yaml"), *common, *flags])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert not (tmp_path / "bad.yaml").exists()
 
 
 def test_compile_command_writes_both_formats(tmp_path):

@@ -201,3 +201,56 @@ def test_train_and_eval_steps_mean_what_they_mean_for_the_stock_trainer(renamed_
         report = json.load(f)
     assert report["phases"][0]["epochs"] == 3
     assert report["steps_per_epoch"] == 10  # train_args.num_steps 30 over 3 epochs
+
+
+def test_a_missing_key_fails_before_training_in_one_line_naming_it():
+    from freeze_trainer.tfx.data_contract import resolve_contract
+    from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
+
+    spec = {"pixels_xf": tf.io.FixedLenFeature([32, 32, 3], tf.float32), "digit_xf": tf.io.FixedLenFeature([], tf.int64)}
+    config = TrainerConfig.from_parameters(feature_key="pixels", label_key="label")
+    with pytest.raises(ConfigError) as raised:
+        resolve_contract(config, spec, "Transform output", lambda name: None, lambda key: None, lambda: 5, True)
+    assert str(raised.value) == ("label_key: no feature 'label_xf' in the Transform output; its features are "
+                                 "digit_xf, pixels_xf")
+    ok = resolve_contract(config.model_copy(update={"label_key": "digit"}), spec, "Transform output",
+                          lambda name: None, lambda key: None, lambda: 5, True)
+    assert (ok.feature_key, ok.label_key, ok.task.name, ok.num_classes) == ("pixels_xf", "digit_xf", "multiclass", 5)
+
+
+@pytest.mark.parametrize("task_name", ["regression", "multi_label"])
+@pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
+def test_regression_and_multi_label_heads_train_with_the_proof_in_both_loops(task_name, loop):
+    tf.keras.utils.set_random_seed(0)
+    task = Task(task_name)
+    features = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    targets = (features[:, :3] > 0).astype("float32") if task_name == "multi_label" else features[:, :1] * 2.0
+    base = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(8, activation="relu", name="enc_1")])
+    model = build_classifier(base, None, 3, bn_inference_mode=True, dropout=0.0, input_name="features", task=task)
+    assert model.output_shape == (None, task.units(3))
+    policy = parse_policy(json.dumps({"version": 1, "phases": [
+        {"name": "head", "epochs": 3, "rules": [{"freeze": {"base": True}}]},
+        {"name": "all", "epochs": 3, "rules": [{"unfreeze": {"base": True}}]}]}))
+    data = tf.data.Dataset.from_tensor_slices((features, targets)).batch(16)
+    before = float(tf.reduce_mean(task.loss()(targets, model(features))))
+    checks, metrics = train_with_proof(model, plan_policy(policy, model, 0.02, 3), data, data, loop=loop,
+                                       verbose=0, task=task)
+    assert [check.passed for check in checks] == [True, True]
+    assert checks[0].trainable_variables == 2 and checks[1].trainable_variables == 4
+    assert metrics["val_loss"] < before
+    assert ("val_mse" if task_name == "regression" else "val_accuracy") in metrics
+
+
+@pytest.mark.parametrize("task_name, metric, bound", [("multiclass", "SparseCategoricalAccuracy", "lower_bound"),
+                                                       ("binary", "AUC", "lower_bound"),
+                                                       ("multi_label", "BinaryAccuracy", "lower_bound"),
+                                                       ("regression", "MeanSquaredError", "upper_bound")])
+def test_the_evaluator_gate_follows_the_task(task_name, metric, bound):
+    from pipelines.freeze_pipeline import eval_config
+
+    config = eval_config(task_name, "label_xf", 0.7, 0.05)
+    gate = config.metrics_specs[0].metrics[0]
+    assert gate.class_name == metric
+    assert gate.threshold.value_threshold.HasField(bound)
+    assert config.model_specs[0].label_key == "label_xf"
+    assert config.model_specs[0].prediction_key == ("predictions" if task_name == "regression" else "probabilities")

@@ -114,7 +114,7 @@ def build_backbone(
                 f"backbone_weights: the saved backbone takes {model.input_shape[1:]}, the data has {input_shape}"
             )
         return model
-    kwargs = {"alpha": alpha} if spec.takes_alpha else {}
+    kwargs = {"alpha": alpha} if spec.takes_alpha and alpha is not None else {}  # None: the architecture's own
     keras_weights = {"imagenet": "imagenet", "none": None}.get(weights.lower(), "file")
     model = spec.builder(
         include_top=False,

@@ -65,6 +65,12 @@ def declare_head(model: tf.keras.Model, layer_names: Sequence[str]) -> tf.keras.
     return model
 
 
+def has_head(model: tf.keras.Model) -> bool:
+    """Whether the model has a head: declared, or the one `build_classifier` adds."""
+    names = {layer.name for layer in model.layers}
+    return hasattr(model, _HEAD_ATTRIBUTE) or set(HEAD_LAYER_NAMES) <= names
+
+
 def head_layer_names(model: tf.keras.Model) -> tuple[str, ...]:
     return getattr(model, _HEAD_ATTRIBUTE, HEAD_LAYER_NAMES)
 

@@ -1,8 +1,11 @@
-"""Renders phase plans as text: every layer's group, state, BatchNorm mode, learning rate and counts."""
+"""Renders phase plans: by group (the default of `freeze-policy plan`), layer by layer (`--layers`), and
+as plain data (`--format json`): each group's or layer's state, BatchNorm mode, learning rate and counts."""
 
 from __future__ import annotations
 
-from freeze_trainer.keras.freeze_plan import LayerState, PhasePlan
+from dataclasses import dataclass
+
+from freeze_trainer.keras.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
 
@@ -63,3 +66,228 @@ def format_plan(plans: list[PhasePlan]) -> list[str]:
         lines.append(header)
         lines.extend(_row(index, state) for index, state in enumerate(plan.layers))
     return lines
+
+
+# ---- The by-group view: what `freeze-policy plan` prints by default, and its JSON -----------------------
+
+_GROUP_RUN = 3  # consecutive groups in the same state, at least this many, share one table row
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """One group's layers in one phase (the block of a backbone layer, `stem`, `top` or `head`)."""
+
+    name: str
+    layers: tuple[LayerState, ...]
+
+    @property
+    def state(self) -> str:
+        """`trainable` when every layer with weights trains, `frozen` when none does, else `mixed`.
+        BatchNorm layers count only where nothing else has weights or where they train and the rest does
+        not: a trainable block whose BatchNorm stays `frozen` is `trainable` (the mode is its own column)."""
+        weighted = [s for s in self.layers if s.trainable_params + s.frozen_params]
+        core = {s.trainable for s in weighted if s.batchnorm is None}
+        norms = {s.trainable for s in weighted if s.batchnorm is not None}
+        flags = core or norms or {s.trainable for s in self.layers}
+        if flags == {True}:
+            return "trainable"
+        return "frozen" if flags == {False} and True not in norms else "mixed"
+
+    @property
+    def batchnorm(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.batchnorm for s in self.layers if s.batchnorm))
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        return tuple(sorted({s.learning_rate for s in self.layers if s.learning_rate is not None}))
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(s.trainable_params for s in self.layers)
+
+    @property
+    def frozen_params(self) -> int:
+        return sum(s.frozen_params for s in self.layers)
+
+    def look(self) -> tuple:
+        """What the table shows besides counts: groups that look alike may share a row."""
+        return self.state, self.batchnorm, self.learning_rates, self.name == HEAD_GROUP
+
+
+def group_states(plan: PhasePlan) -> list[GroupState]:
+    """The plan's groups in model order (the order each group first appears)."""
+    groups: dict[str, list[LayerState]] = {}
+    for state in plan.layers:
+        groups.setdefault(state.group, []).append(state)
+    return [GroupState(name, tuple(layers)) for name, layers in groups.items()]
+
+
+def format_lr(rate: float) -> str:
+    """A rate as the policy would write it: 1e-2, 2.5e-3, 1e-4."""
+    mantissa, exponent = f"{rate:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def lr_text(rates: tuple[float, ...]) -> str:
+    if not rates:
+        return "-"
+    if len(rates) == 1:
+        return format_lr(rates[0])
+    return f"{format_lr(rates[0])}…{format_lr(rates[-1])}"
+
+
+def _group_label(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} … {names[-1]} ({len(names)} groups)"
+
+
+def _runs(items: list, key) -> list[list]:
+    """`items` cut into runs of consecutive equal `key`s; runs shorter than _GROUP_RUN are split up."""
+    runs: list[list] = []
+    for item in items:
+        if runs and key(runs[-1][-1]) == key(item):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return [part for run in runs for part in ([run] if len(run) >= _GROUP_RUN else [[item] for item in run])]
+
+
+def _change(before: GroupState, after: GroupState) -> str:
+    parts = []
+    if before.state != after.state:
+        parts.append(f"{before.state} → {after.state}")
+    if before.batchnorm != after.batchnorm:
+        parts.append(f"batchnorm {'/'.join(before.batchnorm)} → {'/'.join(after.batchnorm)}")
+    if before.learning_rates != after.learning_rates:
+        if before.learning_rates and after.learning_rates:
+            parts.append(f"lr {lr_text(before.learning_rates)} → {lr_text(after.learning_rates)}")
+        elif after.learning_rates:
+            parts.append(f"lr {lr_text(after.learning_rates)}")
+    return ", ".join(parts)
+
+
+def group_changes(plan: PhasePlan, previous: PhasePlan) -> list[tuple[list[str], str]]:
+    """(group names, change) for every group whose state, BatchNorm mode or rates differ from the previous
+    phase's; consecutive groups with the same change, _GROUP_RUN or more, are one entry."""
+    before = {group.name: group for group in group_states(previous)}
+    changed = [(group.name, _change(before[group.name], group)) for group in group_states(plan) if group.name in before]
+    changed = [item for item in changed if item[1]]
+    return [([name for name, _ in run], run[0][1]) for run in _runs(changed, key=lambda item: item[1])]
+
+
+def _header(number: int, total: int, plan: PhasePlan) -> list[str]:
+    count, unit = (plan.steps, "step") if plan.steps else (plan.epochs, "epoch")
+    trainable = sum(state.trainable for state in plan.layers)
+    cache = "head trains on cached base features" if plan.caches_features else f"no feature cache: {plan.feature_cache_blocker}"
+    return [f"phase {number}/{total} {plan.phase.name!r}: {count} {unit}{'s' if count != 1 else ''}, "
+            f"head lr {format_lr(plan.learning_rate)}, {trainable} of {len(plan.layers)} layers trainable", cache]
+
+
+def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.rjust(width) if column in right else cell.ljust(width)
+                             for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+
+
+def _packed(prefix: str, items: list[str], width: int, indent: str = "    ") -> list[str]:
+    """`prefix` then the items joined by '; ', wrapped between items at `width` columns."""
+    lines, line = [], prefix
+    for index, item in enumerate(items):
+        text = item + (";" if index < len(items) - 1 else "")
+        if line != prefix and len(line) + 1 + len(text) > width:
+            lines.append(line)
+            line = indent + text
+        else:
+            line = f"{line} {text}"
+    lines.append(line)
+    return lines
+
+
+def format_plan_groups(plans: list[PhasePlan], width: int = 100) -> list[str]:
+    """Every phase as one table by group (runs of alike groups share a row), what changed from the phase
+    before, and the totals."""
+    lines: list[str] = []
+    for number, plan in enumerate(plans, start=1):
+        previous = plans[number - 2] if number > 1 else None
+        if lines:
+            lines.append("")
+        first, *rest = _header(number, len(plans), plan)
+        lines.extend(_packed(first + ";", rest, width, indent="  "))
+        transition = transition_summary(plan, previous, number == 1)
+        if transition:
+            lines.extend(_packed("  starts with:", transition.split("; "), width))
+        rows = [("group", "layers", "state", "batchnorm", "lr", "trainable", "frozen")]
+        for run in _runs(group_states(plan), key=GroupState.look):
+            layers = [state for group in run for state in group.layers]
+            first = run[0]
+            rows.append((
+                _group_label([group.name for group in run]), str(len(layers)), first.state,
+                "/".join(first.batchnorm) or "-", lr_text(first.learning_rates),
+                f"{sum(s.trainable_params for s in layers):,}", f"{sum(s.frozen_params for s in layers):,}",
+            ))
+        rows.append(("total", str(len(plan.layers)), "", "", "", f"{plan.trainable_params:,}", f"{plan.frozen_params:,}"))
+        lines.extend(_table(rows, right={1, 5, 6}))
+        if previous is not None:
+            changes = group_changes(plan, previous)
+            items = [f"{_group_label(names)}: {change}" for names, change in changes] or ["none"]
+            lines.extend(_packed(f"  changes from phase {number - 1}:", items, width))
+    return lines
+
+
+def _group_dict(group: GroupState) -> dict:
+    return {
+        "name": group.name,
+        "layers": [state.name for state in group.layers],
+        "state": group.state,
+        "batchnorm": list(group.batchnorm),
+        "learning_rates": list(group.learning_rates),
+        "trainable_params": group.trainable_params,
+        "frozen_params": group.frozen_params,
+    }
+
+
+def _layer_dict(state: LayerState) -> dict:
+    return {
+        "name": state.name,
+        "class_name": state.class_name,
+        "group": state.group,
+        "auto_group": state.auto_group,
+        "auto_group_name": state.auto_group_name,
+        "trainable": state.trainable,
+        "batchnorm": state.batchnorm,
+        "learning_rate": state.learning_rate,
+        "trainable_params": state.trainable_params,
+        "frozen_params": state.frozen_params,
+    }
+
+
+def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:
+    """The plan as plain data (json.dumps-able, the same keys every time): `context` (what was planned, the
+    defaults), then per phase its length, rates, transition, feature cache, totals, groups, changes from the
+    phase before (each changed group's state, BatchNorm modes and rates, before and after) and layers."""
+    phases = []
+    for number, plan in enumerate(plans, start=1):
+        previous = plans[number - 2] if number > 1 else None
+        before = {group.name: group for group in group_states(previous)} if previous else {}
+        changes = [
+            {key: [_group_dict(before[group.name])[key], _group_dict(group)[key]]
+             for key in ("state", "batchnorm", "learning_rates")} | {"group": group.name}
+            for group in group_states(plan) if group.name in before and _change(before[group.name], group)
+        ]
+        phases.append({
+            "number": number,
+            "name": plan.phase.name,
+            "epochs": plan.epochs,
+            "steps": plan.steps,
+            "learning_rate": plan.learning_rate,
+            "transition": plan.transition(),
+            "caches_features": plan.caches_features,
+            "feature_cache_blocker": plan.feature_cache_blocker,
+            "trainable_layers": sum(state.trainable for state in plan.layers),
+            "trainable_params": plan.trainable_params,
+            "frozen_params": plan.frozen_params,
+            "groups": [_group_dict(group) for group in group_states(plan)],
+            "changes": [{"group": change.pop("group"), **change} for change in changes],
+            "layers": [_layer_dict(state) for state in plan.layers],
+        })
+    return {**(context or {}), "phases": phases}

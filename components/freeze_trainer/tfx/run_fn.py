@@ -9,6 +9,7 @@ with the freeze report, which the executor records in ML Metadata.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import tempfile
@@ -80,12 +81,27 @@ def _labeled_examples(fn_args: FnArgs, files: list[str], schema, keys: tuple[str
     return examples.map(lambda features, label: (features[feature_key], label)).unbatch().with_options(sharding)
 
 
+def weights_record(backbone_weights: str) -> dict[str, str]:
+    """How the report names the backbone weights: `imagenet`, `none` or a URI as given; a local path by its
+    basename, and a local file also by its SHA-256, so the pushed model names no path of this machine."""
+    if backbone_weights in ("imagenet", "none") or "://" in backbone_weights:
+        return {"backbone_weights": backbone_weights}
+    record = {"backbone_weights": os.path.basename(backbone_weights.rstrip("/"))}
+    if os.path.isfile(backbone_weights):
+        digest = hashlib.sha256()
+        with open(backbone_weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        record["backbone_weights_sha256"] = digest.hexdigest()
+    return record
+
+
 def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[PhasePlan], checks,
                   metrics: dict[str, float], steps_per_epoch: int | None) -> dict:
     return {
         "policy_sha256": config.freeze_policy.sha256(),
         "backbone": config.backbone,
-        "backbone_weights": config.backbone_weights,
+        **weights_record(config.backbone_weights),
         "training_loop": config.training_loop,
         "task": contract.task.name,
         "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
@@ -190,6 +206,11 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             FREEZE_REPORT_ASSET: report,
         },
     )
+    # Exported: the training checkpoints only served to resume this training, so they go (each holds the
+    # model and its optimizer state). No parameter keeps them; a killed run never gets here and keeps its own.
+    checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
+    if is_chief() and tf.io.gfile.exists(checkpoint_dir):
+        tf.io.gfile.rmtree(checkpoint_dir)
     return report
 
 

@@ -36,6 +36,33 @@ def _outputs(task: str, scores: tf.Tensor, class_names: tf.Tensor | None) -> dic
     return outputs
 
 
+def _assert_parses(serialized: tf.Tensor, spec: dict) -> tf.Operation:
+    """Fails with InvalidArgumentError naming the first input that is not a serialized tf.Example. Without
+    it, parse_example's own error quotes the raw bytes and reaches Python as a UnicodeDecodeError. The
+    parse is tried in a tf.data pipeline, which drops a failing element instead of failing: once for the
+    whole batch, and per input only when the batch fails."""
+
+    def parsed(batches: tf.data.Dataset) -> tf.data.Dataset:
+        return batches.map(lambda batch: tf.io.parse_example(batch, spec)).ignore_errors()
+
+    def count(dataset: tf.data.Dataset) -> tf.Tensor:
+        return dataset.reduce(tf.constant(0, tf.int64), lambda total, _: total + 1)
+
+    def first_malformed() -> tf.Tensor:
+        positions = tf.range(tf.size(serialized, out_type=tf.int64))
+        parsed_ones = tf.data.Dataset.from_tensor_slices((positions, serialized)).map(
+            lambda position, one: (position, tf.io.parse_example(one[None], spec))).ignore_errors()
+        # The parsed positions are 0, 1, ... up to the first one that failed.
+        return parsed_ones.reduce(tf.constant(0, tf.int64),
+                                  lambda expected, element: tf.where(element[0] == expected, expected + 1, expected))
+
+    batch_parses = count(parsed(tf.data.Dataset.from_tensors(serialized))) > 0
+    position = tf.cond(batch_parses, lambda: tf.constant(-1, tf.int64), first_malformed)
+    return tf.debugging.Assert(batch_parses, [tf.strings.format(
+        "examples[{}] does not parse as a serialized tf.Example holding the features the model reads ("
+        + ", ".join(sorted(spec)) + ")", position)])
+
+
 class _ServingModule(tf.Module):
     """Holds the model's variables and traced signatures, not the Keras model object: saving a Keras
     model traces every layer's call function (tens of seconds for a backbone), which serving never uses."""
@@ -50,12 +77,18 @@ class _ServingModule(tf.Module):
         examples = tf.TensorSpec([None], tf.string, name="examples")
 
         def features(serialized, spec):
-            parsed = tf.io.parse_example(serialized, spec)
+            with tf.control_dependencies([_assert_parses(serialized, spec)]):
+                parsed = tf.io.parse_example(tf.identity(serialized), spec)
             return self.tft_layer(parsed) if self.tft_layer is not None else parsed
 
         @tf.function(input_signature=[examples])
         def serve(serialized):
-            scores = model(features(serialized, raw_spec_without_label)[contract.feature_key], training=False)
+            inputs = features(serialized, raw_spec_without_label)[contract.feature_key]
+            count = tf.shape(inputs)[0]
+            if isinstance(inputs, tf.Tensor):  # an empty batch: the model (some of its kernels fail on none)
+                inputs = tf.cond(count > 0, lambda: inputs,  # sees one zero example, cut off below
+                                 lambda: tf.zeros(tf.concat([[1], tf.shape(inputs)[1:]], 0), inputs.dtype))
+            scores = model(inputs, training=False)[:count]
             return _outputs(contract.task.name, scores, self.class_names)
 
         @tf.function(input_signature=[examples])

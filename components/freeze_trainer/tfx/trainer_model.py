@@ -17,7 +17,7 @@ from typing import Callable
 import tensorflow as tf
 
 from freeze_trainer.keras.backbones import build_backbone, is_saved_backbone
-from freeze_trainer.keras.classifier_model import build_classifier, declare_head
+from freeze_trainer.keras.classifier_model import build_classifier, declare_head, has_head
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 from freeze_trainer.tfx.data_contract import DataContract
@@ -33,7 +33,8 @@ def build_from_config(
     given: tf.keras.Model | None = None,
 ) -> tf.keras.Model:
     """The model to train: `given`, or what `build_model(config=..., contract=...)` returns, or the
-    configured backbone; with a new head for the contract's task unless `head_layers` names the model's own."""
+    configured backbone; with a new head for the contract's task unless `head_layers` names the model's own
+    or it has a head already (built with `build_classifier`)."""
     if given is not None:
         base = given
     elif build_model is not None:
@@ -43,6 +44,8 @@ def build_from_config(
         base = build_backbone(architecture, config.backbone_weights, contract.input_shape, config.backbone_alpha)
     if config.head_layer_names:
         return declare_head(base, config.head_layer_names)
+    if has_head(base):  # a model built with build_classifier, or with its head declared already
+        return base
     return build_classifier(
         base,
         None if config.backbone == CUSTOM_BACKBONE or build_model or given else config.backbone,

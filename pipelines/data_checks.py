@@ -1,0 +1,216 @@
+"""Checks the local runner's `--data-root` before any pipeline component runs.
+
+A bad data folder otherwise surfaces minutes later as a long ImportExampleGen, Transform or trainer
+traceback, after the output folder has a pipeline root and an ML Metadata store. These checks fail in
+one line, `data_root: <file>: <reason>` (a click usage error, exit status 2), before anything is written:
+
+- the folder exists and holds files (ImportExampleGen reads every file directly in it, hidden ones too);
+- every file is TFRecords (`.gz` ones gzipped, as Beam reads them): its first records read with their
+  checksums (`tf.data.TFRecordDataset`), and its record framing is walked to the end, so a truncated
+  file is caught wherever it was cut;
+- those records parse as tf.Examples holding the label key and, for the bundled image Transform, the
+  feature key, each with one value (else: the key, and the features there are);
+- for the bundled image Transform, the images decode and are at most MAX_IMAGE_SIDE pixels a side;
+- there are at least two label values (read further, label only, when the sample holds one);
+- with a Transform module of the user's own and integer labels without a vocabulary, the labels the
+  sample holds are class indices: not negative, and 0 or 1 for binary and multi-label tasks.
+
+It reads at most `max_records` records in all, but at least the first of every file, so it stays fast.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import click
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+
+from freeze_trainer.tfx.image_transform import MAX_IMAGE_SIDE, image_dimensions
+from freeze_trainer.tfx.trainer_config import TrainerConfig
+
+MAX_RECORDS = 2000  # records parsed in all (but at least one a file)
+MAX_DECODED_IMAGES = 200  # of them, images decoded in full; the others' headers are read
+MAX_FRAMING_RECORDS = 200_000  # record headers walked a file, looking for a truncated end
+# Beam reads these by suffix (apache_beam.io.filesystem.CompressionTypes); tf.data reads only gzip of them.
+GZIP_SUFFIXES = (".gz",)
+OTHER_COMPRESSED_SUFFIXES = (".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")
+IMAGE_FORMATS = "PNG, JPEG, GIF or BMP"
+
+
+class DataRootError(click.UsageError):
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"data_root: {where}: {reason}")
+
+
+def _listed_files(data_root: str) -> list[str]:
+    if not tf.io.gfile.exists(data_root):
+        raise DataRootError(data_root, "no such folder")
+    if not tf.io.gfile.isdir(data_root):
+        raise DataRootError(data_root, "is a file; ImportExampleGen reads the TFRecord files in a folder")
+    paths = [tf.io.gfile.join(data_root, name.rstrip("/")) for name in sorted(tf.io.gfile.listdir(data_root))]
+    files = [path for path in paths if not tf.io.gfile.isdir(path)]
+    if not files:
+        raise DataRootError(data_root, "holds no files" + (" (only folders, which ImportExampleGen does not read)"
+                                                           if paths else ""))
+    return files
+
+
+def _framing_error(path: str) -> str | None:
+    """Why an uncompressed TFRecord file is cut short or not TFRecords at all, from its record headers
+    (8-byte length, 4-byte checksum, data, 4-byte checksum); None when it ends where a record ends."""
+    size = tf.io.gfile.stat(path).length
+    position = records = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while position < size and records < MAX_FRAMING_RECORDS:
+            f.seek(position)
+            header = f.read(12)
+            end = position + 12 + (struct.unpack("<Q", header[:8])[0] if len(header) == 12 else size) + 4
+            if end > size and records == 0:
+                return f"not a TFRecord file: its first record header does not fit in its {size} bytes"
+            if end > size:
+                return (f"truncated: record {records} (at byte {position}) runs past the end of the file, at byte "
+                        f"{size}")
+            position, records = end, records + 1
+    return None
+
+
+def _read_records(path: str, limit: int) -> list[bytes]:
+    compression = "GZIP" if path.lower().endswith(GZIP_SUFFIXES) else ""
+    try:
+        return [record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression).take(limit)]
+    except tf.errors.OpError as err:
+        reason = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
+        raise DataRootError(path, f"not a readable TFRecord file ({reason}); a damaged or truncated file, or not "
+                                  "TFRecords") from None
+
+
+def _values(feature: tf.train.Feature) -> tuple[str | None, list]:
+    kind = feature.WhichOneof("kind")
+    return kind, list(getattr(feature, kind).value) if kind else []
+
+
+def _label_values(path: str, records, label_key: str, kind: str):
+    """Label values of the examples of one file, read in batches (for the two-values check)."""
+    dtype = {"bytes_list": tf.string, "float_list": tf.float32, "int64_list": tf.int64}[kind]
+    compression = "GZIP" if path.lower().endswith(GZIP_SUFFIXES) else ""
+    dataset = tf.data.TFRecordDataset(path, compression_type=compression).skip(records).batch(1024)
+    try:
+        for batch in dataset:
+            parsed = tf.io.parse_example(batch, {label_key: tf.io.VarLenFeature(dtype)})[label_key]
+            yield from parsed.values.numpy().tolist()
+    except tf.errors.OpError:
+        return  # a damaged tail: ImportExampleGen will say so; these checks read what they could
+
+
+def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bool,
+                    max_records: int = MAX_RECORDS) -> None:
+    """Raises DataRootError (a click.UsageError) naming the file and the problem; see the module doc.
+    `bundled_transform`: the pipeline runs the bundled image Transform (no `--transform-module`)."""
+    files = _listed_files(data_root)
+    required = {}  # key -> the parameter that names it
+    if bundled_transform:
+        required[config.feature_key] = "feature_key (--image-key)"
+    if bundled_transform or not config.transformed_label_key:  # else the user's Transform makes its own label
+        required.setdefault(config.label_key, "label_key")
+    label_key = config.label_key if config.label_key in required else None
+    class_indices = (not bundled_transform and not config.label_vocabulary and config.task != "regression")
+    binary_indices = config.task in ("binary", "multi_label")
+
+    readable = [path for path in files if not path.lower().endswith(OTHER_COMPRESSED_SUFFIXES)]
+    per_file = max(1, max_records // max(1, len(readable)))
+    labels: set[tuple] = set()
+    label_kind: str | None = None
+    decoded = 0
+    images: list[tuple[str, int, bytes]] = []
+    sampled: list[tuple[str, int]] = []  # (file, records read) of each file
+    for path in readable:
+        if not path.lower().endswith(GZIP_SUFFIXES):
+            if problem := _framing_error(path):
+                raise DataRootError(path, problem)
+        records = _read_records(path, per_file)
+        sampled.append((path, len(records)))
+        for index, record in enumerate(records):
+            try:
+                example = tf.train.Example.FromString(record)
+            except DecodeError:
+                raise DataRootError(path, f"record {index} is not a serialized tf.Example") from None
+            features = example.features.feature
+            for key, parameter in required.items():
+                if key not in features:
+                    raise DataRootError(path, f"record {index} has no feature {key!r} (the {parameter} parameter); "
+                                              f"its features are: {', '.join(sorted(features)) or 'none'}")
+            if bundled_transform:
+                kind, values = _values(features[config.feature_key])
+                if kind != "bytes_list" or len(values) != 1:
+                    raise DataRootError(path, f"record {index}: feature {config.feature_key!r} holds {len(values)} "
+                                              f"{kind or 'empty'} value(s); the bundled image Transform takes one "
+                                              f"encoded image ({IMAGE_FORMATS}) an example")
+                if decoded < MAX_DECODED_IMAGES:
+                    _check_decodes(path, index, config.feature_key, values[0])
+                    decoded += 1
+                images.append((path, index, values[0]))
+            if label_key is None:
+                continue
+            kind, values = _values(features[label_key])
+            if not values or bundled_transform and len(values) != 1:
+                raise DataRootError(path, f"record {index}: label {label_key!r} holds {len(values)} values; "
+                                          + ("the bundled image Transform takes one an example" if values else
+                                             "every example needs its label"))
+            label_kind = label_kind or kind
+            if kind != label_kind:
+                raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a {label_kind}")
+            if class_indices and kind == "int64_list":
+                bad = [value for value in values if value < 0 or binary_indices and value > 1]
+                if bad:
+                    expected = "0 or 1" if binary_indices else "class indices 0, 1, ... (not negative)"
+                    raise DataRootError(path, f"record {index}: label {label_key!r} is {bad[0]}; with a Transform "
+                                              f"module of your own and no label_vocabulary, integer labels are {expected}")
+            labels.add(tuple(values))
+    _check_image_sizes(images, config.feature_key)
+    if not any(count for _, count in sampled) and sampled:
+        raise DataRootError(data_root, "its files hold no examples")
+    if label_key is not None and label_kind is not None and len(labels) < 2:
+        _check_two_labels(data_root, sampled, label_key, label_kind, labels)
+
+
+def _check_decodes(path: str, index: int, key: str, data: bytes) -> None:
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError as err:
+        reason = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
+        raise DataRootError(path, f"record {index}: feature {key!r} is not an image TensorFlow decodes "
+                                  f"({IMAGE_FORMATS}): {reason}") from None
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+def _dimensions(encoded: tf.Tensor) -> tf.Tensor:
+    return tf.map_fn(image_dimensions, encoded, fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+
+def _check_image_sizes(images: list[tuple[str, int, bytes]], key: str) -> None:
+    """Every image at most MAX_IMAGE_SIDE pixels a side, read from its header (the bundled Transform
+    refuses larger ones, so a run would fail in Transform)."""
+    if not images:
+        return
+    sizes = _dimensions(tf.constant([data for _, _, data in images])).numpy()
+    for (path, index, _), (height, width) in zip(images, sizes):
+        if max(height, width) > MAX_IMAGE_SIDE:
+            raise DataRootError(path, f"record {index}: feature {key!r} is an image of {height} x {width} pixels "
+                                      f"(height x width); the bundled image Transform takes at most {MAX_IMAGE_SIDE} "
+                                      "a side")
+
+
+def _check_two_labels(data_root: str, sampled: list[tuple[str, int]], label_key: str, kind: str,
+                      labels: set[tuple]) -> None:
+    """The sample holds one label value: the rest of the data is read, label only, for a second one."""
+    seen = {value for values in labels for value in values}
+    for path, records in sampled:
+        for value in _label_values(path, records, label_key, kind):
+            seen.add(value)
+            if len(seen) > 1 or len(labels) > 1:
+                return
+    only = next(iter(labels)) if labels else ()
+    shown = only[0] if len(only) == 1 else list(only)
+    raise DataRootError(data_root, f"every example's label {label_key!r} is {shown!r}; training needs at least "
+                                   "two label values")
