@@ -1,7 +1,9 @@
-# `make run` and `make test` set up everything they need on a fresh machine.
+# `make run`, `make test`, `make plan` and `make bench` set up the environment they need: uv into an
+# existing $(PYTHON) (never Python itself), then the locked environment with every extra in .venv.
 PYTHON ?= python3.10
 VENV := .venv
 STAMP := $(VENV)/.synced
+POLICY ?= kubeflow/policies/retrain_top_block.json
 UV_VERSION := 0.13.9
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -24,6 +26,12 @@ test: env  ## the whole suite
 
 pretrain: env  ## rebuild the demo backbone and its transfer report
 	$(VENV)/bin/python -m pipelines.pretrain_backbone
+
+plan: env  ## print POLICY's plan on MobileNetV2 at 224 px; ARGS="--layers", "--format json", "--picture plan.png"
+	$(VENV)/bin/freeze-policy plan $(POLICY) --backbone MobileNetV2 --image-size 224 $(ARGS)
+
+bench: env  ## training throughput of both loops against forward-only and full fine-tuning; ARGS="--suite gpu"
+	$(VENV)/bin/python benchmarks/training_throughput.py $(ARGS)
 
 clean:
 	rm -rf runs $(VENV)

@@ -1,7 +1,7 @@
 """`freeze-policy`: check and explain a freeze policy without training or reading data.
 
     freeze-policy validate policy.yaml --backbone MobileNetV2
-    freeze-policy plan policy.yaml --backbone ResNet50 --image-size 224
+    freeze-policy plan policy.yaml --backbone ResNet50 --image-size 224 [--layers] [--format json] [--picture plan.png]
     freeze-policy schema > freeze_policy.schema.json
 """
 
@@ -69,14 +69,63 @@ def main() -> None:
     """Check and explain freeze policies."""
 
 
+def _planned(kwargs: dict) -> dict:
+    """What was planned and the defaults a phase takes when it sets no rate or length (the trainer's unless
+    given): the text's first line, the JSON's top-level keys."""
+    return {
+        "backbone": kwargs["backbone"],
+        "backbone_weights": kwargs["backbone_weights"],
+        "alpha": kwargs["alpha"],
+        "image_size": kwargs["image_size"],
+        "num_classes": kwargs["num_classes"],
+        "defaults": {"learning_rate": kwargs["learning_rate"], "epochs": kwargs["epochs"]},
+    }
+
+
+def _planned_line(planned: dict) -> str:
+    from freeze_trainer.keras.plan_report import format_lr
+
+    model = planned["backbone"] + (f" alpha {planned['alpha']:g}" if planned["alpha"] is not None else "")
+    weights = "" if planned["backbone_weights"] == "none" else f" ({planned['backbone_weights']})"
+    defaults = planned["defaults"]
+    return (f"{model}{weights} at {planned['image_size']} px, {planned['num_classes']} classes; defaults for phases "
+            f"that set none: head lr {format_lr(defaults['learning_rate'])}, {defaults['epochs']} epochs")
+
+
 @main.command()
 @model_options
-def plan(**kwargs) -> None:
-    """Print every phase: each layer's group, state, BatchNorm mode, learning rate and parameters."""
-    from freeze_trainer.keras.plan_report import format_plan
+@click.option("--layers", "by_layer", is_flag=True,
+              help="One row per layer (group, auto group, state, BatchNorm mode, lr, parameters) instead of per group.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="`json`: phases with their groups, changes and layers, for programs.")
+@click.option("--picture", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the plan into this .png or .svg file: the groups as a strip, one row per phase.")
+def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> None:
+    """Print every phase by group: layers, state, BatchNorm mode, learning rates, parameters, what changed
+    from the phase before, and the totals. Runs of three or more alike groups share a row."""
+    from freeze_trainer.keras.plan_report import format_plan, format_plan_groups, plan_dict
 
+    if picture:
+        from freeze_trainer.keras.plan_picture import check_picture_path
+
+        try:
+            check_picture_path(picture)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--picture") from None
     kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
-    click.echo("\n".join(format_plan(_plans_or_exit(**kwargs))))
+    plans = _plans_or_exit(**kwargs)
+    planned = _planned(kwargs)
+    if output_format == "json":
+        click.echo(json.dumps(plan_dict(plans, planned), indent=2))
+    elif by_layer:
+        click.echo("\n".join(format_plan(plans)))
+    else:
+        click.echo("\n".join([_planned_line(planned), "", *format_plan_groups(plans)]))
+    if picture:
+        from freeze_trainer.keras.plan_picture import draw_plan
+
+        draw_plan(plans, picture, title=_planned_line(planned))
+        click.echo(f"plan picture: {picture}", err=True)
 
 
 @main.command()

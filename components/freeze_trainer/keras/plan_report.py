@@ -194,7 +194,7 @@ def _packed(prefix: str, items: list[str], width: int, indent: str = "    ") -> 
     lines, line = [], prefix
     for index, item in enumerate(items):
         text = item + (";" if index < len(items) - 1 else "")
-        if line != prefix and len(line) + 1 + len(text) > width:
+        if len(line) + 1 + len(text) > width:
             lines.append(line)
             line = indent + text
         else:
@@ -270,9 +270,10 @@ def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:
         previous = plans[number - 2] if number > 1 else None
         before = {group.name: group for group in group_states(previous)} if previous else {}
         changes = [
-            {key: [_group_dict(before[group.name])[key], _group_dict(group)[key]]
-             for key in ("state", "batchnorm", "learning_rates")} | {"group": group.name}
-            for group in group_states(plan) if group.name in before and _change(before[group.name], group)
+            {"group": group.name, "state": [was.state, group.state],
+             "batchnorm": [list(was.batchnorm), list(group.batchnorm)],
+             "learning_rates": [list(was.learning_rates), list(group.learning_rates)]}
+            for group in group_states(plan) if (was := before.get(group.name)) and _change(was, group)
         ]
         phases.append({
             "number": number,
@@ -287,7 +288,7 @@ def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:
             "trainable_params": plan.trainable_params,
             "frozen_params": plan.frozen_params,
             "groups": [_group_dict(group) for group in group_states(plan)],
-            "changes": [{"group": change.pop("group"), **change} for change in changes],
+            "changes": changes,
             "layers": [_layer_dict(state) for state in plan.layers],
         })
     return {**(context or {}), "phases": phases}
