@@ -350,3 +350,12 @@ def test_compile_command_writes_both_formats(tmp_path):
                                                 "--freeze-policy", '{"version": 1, "rules": []}'])
     assert bad.exit_code == 2 and "rules" in bad.output
     assert not (tmp_path / "bad.yaml").exists()
+
+
+def test_train_and_eval_steps_reach_the_compiled_trainer(tmp_path):
+    options = CompileOptions.model_validate({**OPTIONS.model_dump(), "train_steps": 120, "eval_steps": 4})
+    path = str(tmp_path / "pipeline.yaml")
+    compile_pipeline(options, path)
+    trainer = load_pipeline_spec(path).root.dag.tasks["FreezeTrainer"].inputs.parameters
+    assert json.loads(trainer["train_args"].runtime_value.constant.string_value) == {"num_steps": 120}
+    assert json.loads(trainer["eval_args"].runtime_value.constant.string_value) == {"num_steps": 4}
