@@ -1,30 +1,31 @@
 """Fine-tuning that keeps what the head learned (issue #14): the phase transition against the Keras guide.
 
 The project's pretrained backbone (MobileNetV2 0.35, 32 px, pretrained on sklearn digits 0-4) on the
-target task, digits 5-9; the same data, seed and schedule for every run: a new head on the frozen base
+target task, digits 5-9; the same data, seed and batches for every run: a new head on the frozen base
 for `HEAD_EPOCHS` at `HEAD_LR`, then block_16 and the top unfrozen for `FINETUNE_EPOCHS` at the
-fine-tune rate. Runs:
+fine-tune rate (1e-3 and 1e-4). Runs:
 
 * `keras-guide`: the anchor, plain tf.keras. The head trains on the frozen base with Adam; then
   block_16 and the top become trainable and the model is recompiled with a fresh Adam at the fine-tune
   rate (the Keras transfer-learning guide). Its head phase is trained once and shared by both rates.
-* `project`: this project's defaults, the same two phases as an explicit policy (`optimizer_state`
-  `reset_new`, per-variable bias correction, no warm-up, no restore_best). BatchNorm `affine`, which
+* `project`: this project's defaults on the same two phases written as an explicit policy: per-variable
+  bias correction, `optimizer_state: reset`, no warm-up, no restore_best. BatchNorm `affine`, which
   trains what the guide's `base.trainable = True` trains (gamma/beta on fixed statistics).
-* `head_then_top`: the recipe with its safe defaults (warm-up, restore_best), top 11 layers = block_16
-  and the top.
-* `backbone_at_epoch`, `gradual`: the other recipes with their defaults (`--recipes`).
+* `head_then_top`: the recipe with its defaults (restore_best), top 11 layers = block_16 and the top.
+* `backbone_at_epoch` (head 10 epochs, then the whole backbone from 0.1 × the head's rate, × 1.5 an
+  epoch) and `gradual` (3 auto groups, 2 epochs each) with their defaults.
+* `--before`: the project before this change (one global Adam step count, state kept), for reference.
+* `--variant NAME`: explicit two-phase policies with other transition settings (see VARIANTS).
 
-Prints, per run: the last head epoch's training loss, the first unfrozen epoch's training loss, the
-evaluation accuracy at the end of the head-only phase and at the end, and PASS/FAIL per goal:
+Prints per run the last head epoch's training loss, the first unfrozen epoch's training loss, the
+evaluation accuracy the head-only phase ended with and the final one, then PASS/FAIL per goal:
 
 1. the project's first unfrozen epoch's loss <= the anchor's, at each rate;
 2. the project's final accuracy >= the anchor's, at each rate;
-3. with restore_best (head_then_top), the final accuracy never below the head-only phase;
-4. (`--recipes`) each recipe ends at or above its own head-only phase.
+3. every run with restore_best (all recipes) ends at or above its own head-only phase's accuracy.
 
-    python benchmarks/phase_transition.py              # both rates, anchor, project, head_then_top
-    python benchmarks/phase_transition.py --recipes    # and backbone_at_epoch and gradual
+    python benchmarks/phase_transition.py                 # about 3 minutes on 2 idle cores
+    python benchmarks/phase_transition.py --no-recipes --before --variant reset_new --variant warmup1
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from freeze_trainer.keras.example_feed import ExampleFeed, endless_batches  # no
 from freeze_trainer.keras.feature_cache import FeatureCache  # noqa: E402
 from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
 from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam  # noqa: E402
 from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
 from pipelines.digits_data import TARGET_DIGITS  # noqa: E402
 from pipelines.pretrain_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, digit_split  # noqa: E402
@@ -76,6 +78,7 @@ class Result:
     final_accuracy: float = float("nan")
     seconds: float = 0.0
     restores_best: bool = False
+    best_epochs: list = field(default_factory=list)  # each later phase's restored epoch (0: its start)
 
     @property
     def last_head_loss(self) -> float:
@@ -161,23 +164,36 @@ def keras_guide(train, evaluation, rates) -> list[Result]:
     return results
 
 
-def project(name: str, policy: dict, train, evaluation, rate: float | None, learning_rate: float = HEAD_LR) -> Result:
+class _GlobalStepAdam(LayerRateAdam):
+    """The optimizer before this change: every variable's bias correction counts the optimizer's steps."""
+
+    def update_step(self, gradient, variable):
+        step = self._steps[self._index_dict[self._var_key(variable)]]
+        step.assign(tf.cast(self.iterations, step.dtype))
+        super().update_step(gradient, variable)
+
+
+def project(name: str, policy: dict, train, evaluation, rate: float | None, before: bool = False) -> Result:
     """One run of this project's trainer (`fit`), with the frozen-feature cache for head-only phases."""
     start = time.perf_counter()
     model = _model()
-    plans = plan_policy(policy_from_dict(policy), model, learning_rate, HEAD_EPOCHS)
+    plans = plan_policy(policy_from_dict(policy), model, HEAD_LR, HEAD_EPOCHS)
+    optimizer = None
+    if before:
+        optimizer = _GlobalStepAdam(plans[0].learning_rate)
+        optimizer.build(list({v.ref(): v for plan in plans for v in plan.variable_split(model).trainable}.values()))
     logs: list = []
     examples = tf.data.Dataset.from_tensor_slices(train)
     eval_examples = tf.data.Dataset.from_tensor_slices(evaluation)
     with tempfile.TemporaryDirectory() as spill, FeatureCache(name, spill) as cache:
         feed = ExampleFeed(examples, eval_examples, BATCH_SIZE, SEED, cache)
-        checks, _ = train_with_fit(model, plans, feed, callbacks=[_EpochLog(logs)], verbose=0)
+        checks, _ = train_with_fit(model, plans, feed, callbacks=[_EpochLog(logs)], verbose=0, optimizer=optimizer)
+    assert all(check.passed for check in checks)
     head_epochs = plans[0].epochs
-    head_end = head_epochs - 1
-    if checks[0].best_epoch is not None:
-        head_end = checks[0].best_epoch - 1
-    return Result(name, rate, head_epochs, logs, logs[head_end]["val_accuracy"], _accuracy(model, evaluation),
-                  time.perf_counter() - start, any(plan.phase.restores_best for plan in plans[1:]))
+    head_end = head_epochs if checks[0].best_epoch is None else checks[0].best_epoch
+    return Result(name, rate, head_epochs, logs, logs[head_end - 1]["val_accuracy"], _accuracy(model, evaluation),
+                  time.perf_counter() - start, any(plan.phase.restores_best for plan in plans[1:]),
+                  [check.best_epoch for check in checks[1:]])
 
 
 def two_phase_policy(rate: float, **finetune) -> dict:
@@ -204,6 +220,14 @@ RECIPES = {
         "unfreeze_at_epoch": HEAD_EPOCHS, "epochs": HEAD_EPOCHS + FINETUNE_EPOCHS}}},
     "gradual": {"version": 1, "auto_groups": 3, "recipe": {"gradual": {"epochs_per_group": 2}}},
 }
+VARIANTS = {
+    "reset_new": {"optimizer_state": "reset_new"},
+    "keep": {"optimizer_state": "keep"},
+    "warmup1": {"warmup_epochs": 1},
+    "warmup2": {"warmup_epochs": 2},
+    "growth": {"warmup_growth": 2.0, "warmup_ratio": 0.25},
+    "restore_best": {"restore_best": True},
+}
 
 
 def _fmt(value: float) -> str:
@@ -211,12 +235,14 @@ def _fmt(value: float) -> str:
 
 
 def table(results: list[Result]) -> list[str]:
-    row = "{:<34} {:>8} {:>14} {:>18} {:>13} {:>10} {:>7}"
-    lines = [row.format("run", "ft rate", "last head loss", "first unfrozen loss", "head-only acc", "final acc", "s")]
+    row = "{:<18} {:>7} {:>14} {:>19} {:>13} {:>9} {:>13} {:>5}"
+    lines = [row.format("run", "ft rate", "last head loss", "first unfrozen loss", "head-only acc", "final acc",
+                        "restored", "s")]
     for r in results:
+        restored = ",".join("-" if epoch is None else str(epoch) for epoch in r.best_epochs) if r.restores_best else ""
         lines.append(row.format(r.run, f"{r.rate:g}" if r.rate else "-", _fmt(r.last_head_loss),
                                 _fmt(r.first_unfrozen_loss), _fmt(r.head_accuracy), _fmt(r.final_accuracy),
-                                f"{r.seconds:.0f}"))
+                                restored, f"{r.seconds:.0f}"))
     return lines
 
 
@@ -225,44 +251,37 @@ def goals(results: list[Result], rates) -> list[tuple[str, bool]]:
     checks = []
     for rate in rates:
         anchor, ours = by[("keras-guide", rate)], by[("project", rate)]
-        checks.append((f"rate {rate:g}: project's first unfrozen epoch loss {ours.first_unfrozen_loss:.4f} <= "
+        checks.append((f"1. rate {rate:g}: project's first unfrozen epoch loss {ours.first_unfrozen_loss:.4f} <= "
                        f"anchor's {anchor.first_unfrozen_loss:.4f}", ours.first_unfrozen_loss <= anchor.first_unfrozen_loss))
-        checks.append((f"rate {rate:g}: project's final accuracy {ours.final_accuracy:.4f} >= anchor's "
+    for rate in rates:
+        anchor, ours = by[("keras-guide", rate)], by[("project", rate)]
+        checks.append((f"2. rate {rate:g}: project's final accuracy {ours.final_accuracy:.4f} >= anchor's "
                        f"{anchor.final_accuracy:.4f}", ours.final_accuracy >= anchor.final_accuracy))
     for r in results:
-        if r.run in ("keras-guide", *VARIANTS):
-            continue
-        kind = "restore_best" if r.restores_best else "no restore_best"
-        rate = f" at {r.rate:g}" if r.rate else ""
-        checks.append((f"{r.run}{rate} ({kind}): final accuracy {r.final_accuracy:.4f} >= its head-only phase's "
-                       f"{r.head_accuracy:.4f}", r.final_accuracy >= r.head_accuracy))
+        if r.restores_best:
+            at = f" at {r.rate:g}" if r.rate else ""
+            checks.append((f"3. {r.run}{at} (restore_best): final accuracy {r.final_accuracy:.4f} >= its head-only "
+                           f"phase's {r.head_accuracy:.4f}", r.final_accuracy >= r.head_accuracy))
     return checks
 
 
-VARIANTS = {
-    "project": {},
-    "reset": {"optimizer_state": "reset"},
-    "keep": {"optimizer_state": "keep"},
-    "warmup1": {"warmup_epochs": 1},
-    "warmup2": {"warmup_epochs": 2},
-    "growth": {"warmup_growth": 2.0, "warmup_ratio": 0.25},
-    "warmup1_best": {"warmup_epochs": 1, "restore_best": True},
-    "best": {"restore_best": True},
-}
-
-
 @click.command()
-@click.option("--recipes/--no-recipes", default=False, help="Also run backbone_at_epoch and gradual.")
+@click.option("--recipes/--no-recipes", default=True, help="Run backbone_at_epoch and gradual too.")
+@click.option("--before/--no-before", default=False, help="Also run the optimizer before this change.")
+@click.option("--variant", "variants", multiple=True, type=click.Choice(sorted(VARIANTS)),
+              help="Also run the two phases with these transition settings.")
 @click.option("--rate", "rates", type=float, multiple=True, help="Fine-tune rates (default: 1e-3 and 1e-4).")
-@click.option("--variant", "variants", multiple=True, default=("project",), help=f"Of {sorted(VARIANTS)}.")
 @click.option("--json-out", default=None, help="Also write every epoch's logs here.")
-def main(recipes: bool, rates: tuple[float, ...], variants, json_out: str | None) -> None:
+def main(recipes: bool, before: bool, variants, rates: tuple[float, ...], json_out: str | None) -> None:
     rates = rates or RATES
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     started = time.perf_counter()
     train, evaluation = _data()
     results = keras_guide(train, evaluation, rates)
     for rate in rates:
+        results.append(project("project", two_phase_policy(rate), train, evaluation, rate))
+        if before:
+            results.append(project("before", two_phase_policy(rate, optimizer_state="keep"), train, evaluation, rate,
+                                   before=True))
         for variant in variants:
             results.append(project(variant, two_phase_policy(rate, **VARIANTS[variant]), train, evaluation, rate))
         results.append(project("head_then_top", head_then_top(rate), train, evaluation, rate))
@@ -270,7 +289,8 @@ def main(recipes: bool, rates: tuple[float, ...], variants, json_out: str | None
         for name, policy in RECIPES.items():
             results.append(project(name, policy, train, evaluation, None))
     print(f"MobileNetV2 {ALPHA} {IMAGE_SIZE}px pretrained on digits 0-4 -> digits 5-9: {len(train[1])} train, "
-          f"{len(evaluation[1])} eval; head {HEAD_EPOCHS} epochs at {HEAD_LR:g}, fine-tune {FINETUNE_EPOCHS} epochs")
+          f"{len(evaluation[1])} eval examples; head {HEAD_EPOCHS} epochs at {HEAD_LR:g}, then {FINETUNE_EPOCHS} "
+          f"epochs with block_16 and the top unfrozen; batch {BATCH_SIZE}, seed {SEED}")
     print("\n".join(table(results)))
     outcomes = goals(results, rates)
     for text, passed in outcomes:

@@ -20,6 +20,7 @@ It reads at most `max_records` records in all, but at least the first of every f
 
 from __future__ import annotations
 
+import re
 import struct
 
 import click
@@ -75,13 +76,19 @@ def _framing_error(path: str) -> str | None:
     return None
 
 
+def _reason(err: tf.errors.OpError) -> str:
+    """TensorFlow's message without the op and function names around it."""
+    lines = [line for line in err.message.strip().splitlines() if line.strip()]
+    reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", lines[0] if lines else "")
+    return reason or type(err).__name__
+
+
 def _read_records(path: str, limit: int) -> list[bytes]:
     compression = "GZIP" if path.lower().endswith(GZIP_SUFFIXES) else ""
     try:
         return [record.numpy() for record in tf.data.TFRecordDataset(path, compression_type=compression).take(limit)]
     except tf.errors.OpError as err:
-        reason = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
-        raise DataRootError(path, f"not a readable TFRecord file ({reason}); a damaged or truncated file, or not "
+        raise DataRootError(path, f"not a readable TFRecord file ({_reason(err)}); a damaged or truncated file, or not "
                                   "TFRecords") from None
 
 
@@ -122,7 +129,6 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
     labels: set[tuple] = set()
     label_kind: str | None = None
     decoded = 0
-    images: list[tuple[str, int, bytes]] = []
     sampled: list[tuple[str, int]] = []  # (file, records read) of each file
     for path in readable:
         if not path.lower().endswith(GZIP_SUFFIXES):
@@ -130,6 +136,7 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
                 raise DataRootError(path, problem)
         records = _read_records(path, per_file)
         sampled.append((path, len(records)))
+        images: list[tuple[str, int, bytes]] = []
         for index, record in enumerate(records):
             try:
                 example = tf.train.Example.FromString(record)
@@ -146,9 +153,6 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
                     raise DataRootError(path, f"record {index}: feature {config.feature_key!r} holds {len(values)} "
                                               f"{kind or 'empty'} value(s); the bundled image Transform takes one "
                                               f"encoded image ({IMAGE_FORMATS}) an example")
-                if decoded < MAX_DECODED_IMAGES:
-                    _check_decodes(path, index, config.feature_key, values[0])
-                    decoded += 1
                 images.append((path, index, values[0]))
             if label_key is None:
                 continue
@@ -159,15 +163,20 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
                                              "every example needs its label"))
             label_kind = label_kind or kind
             if kind != label_kind:
-                raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a {label_kind}")
+                raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a "
+                                          f"{label_kind}")
             if class_indices and kind == "int64_list":
                 bad = [value for value in values if value < 0 or binary_indices and value > 1]
                 if bad:
                     expected = "0 or 1" if binary_indices else "class indices 0, 1, ... (not negative)"
                     raise DataRootError(path, f"record {index}: label {label_key!r} is {bad[0]}; with a Transform "
-                                              f"module of your own and no label_vocabulary, integer labels are {expected}")
+                                              "module of your own and no label_vocabulary, integer labels are "
+                                              f"{expected}")
             labels.add(tuple(values))
-    _check_image_sizes(images, config.feature_key)
+        _check_image_sizes(images, config.feature_key)  # from the headers, before any image is decoded
+        for path, index, data in images[:max(0, MAX_DECODED_IMAGES - decoded)]:
+            _check_decodes(path, index, config.feature_key, data)
+        decoded += len(images)
     if not any(count for _, count in sampled) and sampled:
         raise DataRootError(data_root, "its files hold no examples")
     if label_key is not None and label_kind is not None and len(labels) < 2:
@@ -178,9 +187,8 @@ def _check_decodes(path: str, index: int, key: str, data: bytes) -> None:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.OpError as err:
-        reason = err.message.strip().splitlines()[0] if err.message.strip() else type(err).__name__
         raise DataRootError(path, f"record {index}: feature {key!r} is not an image TensorFlow decodes "
-                                  f"({IMAGE_FORMATS}): {reason}") from None
+                                  f"({IMAGE_FORMATS}): {_reason(err)}") from None
 
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -191,9 +199,8 @@ def _dimensions(encoded: tf.Tensor) -> tf.Tensor:
 def _check_image_sizes(images: list[tuple[str, int, bytes]], key: str) -> None:
     """Every image at most MAX_IMAGE_SIDE pixels a side, read from its header (the bundled Transform
     refuses larger ones, so a run would fail in Transform)."""
-    if not images:
-        return
-    sizes = _dimensions(tf.constant([data for _, _, data in images])).numpy()
+    sizes = [size for start in range(0, len(images), 128)
+             for size in _dimensions(tf.constant([data for _, _, data in images[start:start + 128]])).numpy()]
     for (path, index, _), (height, width) in zip(images, sizes):
         if max(height, width) > MAX_IMAGE_SIDE:
             raise DataRootError(path, f"record {index}: feature {key!r} is an image of {height} x {width} pixels "

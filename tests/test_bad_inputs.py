@@ -7,12 +7,10 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -129,9 +127,14 @@ def test_a_missing_key_names_it_and_the_features_there_are(tmp_path):
 def test_images_that_do_not_decode_or_are_too_large(tmp_path):
     _write(tmp_path / "text", _digits(3) + [_example(image=b"not an image", label=5).SerializeToString()])
     assert "record 3: feature 'image' is not an image TensorFlow decodes" in _problem(tmp_path / "text")
-    huge = _example(image=_png(MAX_IMAGE_SIDE + 1, 8), label=6).SerializeToString()
-    _write(tmp_path / "huge", _digits(3) + [huge])
-    assert f"record 3: feature 'image' is an image of {MAX_IMAGE_SIDE + 1} x 8 pixels" in _problem(tmp_path / "huge")
+    wide = _example(image=_png(8, MAX_IMAGE_SIDE + 1), label=6).SerializeToString()
+    _write(tmp_path / "wide", _digits(3) + [wide])
+    assert f"record 3: feature 'image' is an image of 8 x {MAX_IMAGE_SIDE + 1} pixels" in _problem(tmp_path / "wide")
+    huge = _example(image=_png(10_000, 10_000), label=6).SerializeToString()  # 97 KB; 1.2 GB decoded as floats
+    _write(tmp_path / "huge", [huge] + _digits(3))
+    started = time.monotonic()
+    assert "record 0: feature 'image' is an image of 10000 x 10000 pixels" in _problem(tmp_path / "huge")
+    assert time.monotonic() - started < 3  # read from the header, never decoded
 
 
 def test_one_label_value_is_refused_but_a_second_one_beyond_the_sample_is_found(tmp_path):

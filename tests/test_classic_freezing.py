@@ -88,3 +88,11 @@ def test_the_proof_checks_the_plan_not_only_kerass_trainable_flags():
     assert set(check.changed_frozen) == {"conv_a/kernel:0", "conv_a/bias:0"}
     with pytest.raises(FreezeViolation, match="Keras trains variable.*the plan freezes: conv_a/"):
         raise_on_violation(check)
+
+
+def test_a_diverged_phase_fails_instead_of_passing_with_nan_weights():
+    tf.keras.utils.set_random_seed(0)
+    model = tiny_classifier()
+    plans = plan_policy(FROZEN_BASE_POLICY, model, default_learning_rate=float("inf"), default_epochs=2)
+    with pytest.raises(FreezeViolation, match=r"phase 'train': training diverged: .* hold NaN or Inf"):
+        train_with_fit(model, plans, _data(), _data(), verbose=0)

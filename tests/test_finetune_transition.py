@@ -181,10 +181,23 @@ def test_optimizer_state_modes(mode, head_steps, conv_b_steps):
     assert _step_counts(mode) == (head_steps, conv_b_steps)
 
 
-def test_optimizer_state_defaults_to_reset_new():
+def test_optimizer_state_defaults_to_reset_and_the_lightning_and_ulmfit_recipes_reset_new():
     policy = parse_policy(json.dumps(_phases({"name": "p", "rules": [FREEZE_BASE]})))
-    assert policy.resolved_phases()[0].optimizer_state_mode == "reset_new"
+    assert policy.resolved_phases()[0].optimizer_state_mode == "reset"
     assert "optimizer_state" not in policy.canonical_json()  # an unset default keeps the policy's hash
+    recipes = {
+        "head_then_top": {"head_epochs": 1, "finetune_epochs": 1, "top_layers": 3, "finetune_learning_rate": 1e-4},
+        "backbone_at_epoch": {"unfreeze_at_epoch": 1, "epochs": 3},
+        "gradual": {},
+    }
+    for name, spec in recipes.items():
+        phases = parse_policy(json.dumps({"version": 1, "recipe": {name: spec}})).resolved_phases()
+        # Safe defaults: every phase after the head restores its best epoch (or its start).
+        assert [phase.restores_best for phase in phases] == [False] + [True] * (len(phases) - 1), name
+        expected = "reset" if name == "head_then_top" else "reset_new"  # the Keras guide; Lightning and ULMFiT
+        assert {phase.optimizer_state_mode for phase in phases[1:]} == {expected}, name
+        off = parse_policy(json.dumps({"version": 1, "recipe": {name: {**spec, "restore_best": False}}}))
+        assert not any(phase.restores_best for phase in off.resolved_phases()), name
 
 
 # Warm-up ---------------------------------------------------------------------------------------------
@@ -267,9 +280,10 @@ class _ScriptedValLoss(tf.keras.callbacks.Callback):
 
     def __init__(self, model_variables, losses: dict):
         super().__init__()
-        self.variables, self.losses, self.weights = model_variables, losses, {}
+        self.variables, self.losses, self.weights, self.measured = model_variables, losses, {}, {}
 
     def on_epoch_end(self, epoch, logs=None):
+        self.measured[epoch] = logs["val_loss"]
         if epoch in self.losses:
             logs["val_loss"] = self.losses[epoch]
         self.weights[epoch] = [v.numpy().copy() for v in self.variables]
@@ -279,14 +293,14 @@ RESTORE_POLICY = _phases(
     {"name": "head", "epochs": 1, "rules": [FREEZE_BASE]},
     {"name": "top", "epochs": 3, "restore_best": True, "rules": [FREEZE_BASE, UNFREEZE_B]},
 )
-SCRIPT = {1: 3.0, 2: 1.0, 3: 2.0}  # phase 2 runs epochs 1-3; its second epoch is best
+SCRIPT = {1: 30.0, 2: 0.01, 3: 20.0}  # phase 2 runs epochs 1-3; its second epoch is best
 
 
-def _restore_run(loop, **kwargs):
+def _restore_run(loop, script=SCRIPT, policy=RESTORE_POLICY, **kwargs):
     tf.keras.utils.set_random_seed(0)
     model = _tiny()
-    plans = plan_policy(policy_from_dict(RESTORE_POLICY), model, 1e-2, 1)
-    script = _ScriptedValLoss(model.variables, SCRIPT)
+    plans = plan_policy(policy_from_dict(policy), model, 1e-2, 1)
+    script = _ScriptedValLoss(model.variables, script)
     data = _data()
     checks, metrics = LOOPS[loop](model, plans, data, data, callbacks=[script, *kwargs.pop("callbacks", [])],
                                   verbose=0, **kwargs)
@@ -298,7 +312,7 @@ def test_restore_best_ends_the_phase_with_its_best_epoch_and_the_proof_holds(loo
     model, plans, script, checks, metrics = _restore_run(loop)
     assert [check.passed for check in checks] == [True, True]
     assert checks[0].best_epoch is None and checks[1].best_epoch == 2
-    assert metrics["val_loss"] == 1.0  # the metrics of the weights the run ended with
+    assert metrics["val_loss"] == 0.01  # the metrics of the weights the run ended with
     changing = plans[1].variable_split(model).may_change()
     for variable, best, last in zip(model.variables, script.weights[2], script.weights[3]):
         if variable.ref() in changing:
@@ -306,6 +320,26 @@ def test_restore_best_ends_the_phase_with_its_best_epoch_and_the_proof_holds(loo
         else:  # frozen in phase 2: untouched by the restore
             np.testing.assert_array_equal(variable.numpy(), last, err_msg=variable.name)
     assert any(not np.array_equal(b, l) for b, l in zip(script.weights[2], script.weights[3]))
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_restore_best_returns_to_the_phase_start_when_no_epoch_beats_it(loop):
+    """The start's loss is the one the head phase ended with: fine-tuning never ends below the head."""
+    model, plans, script, checks, metrics = _restore_run(loop, script={1: 30.0, 2: 20.0, 3: 40.0})
+    assert [check.passed for check in checks] == [True, True]
+    assert checks[1].best_epoch == 0
+    assert checks[1].unchanged_trainable == ()  # training moved every trainable variable before the restore
+    assert metrics["val_loss"] == pytest.approx(script.measured[0])  # what the head phase ended with
+    for variable, start in zip(model.variables, script.weights[0]):
+        np.testing.assert_array_equal(variable.numpy(), start, err_msg=variable.name)
+
+
+def test_restore_best_in_a_first_phase_picks_among_its_epochs():
+    policy = _phases({"name": "head", "epochs": 3, "restore_best": True, "rules": [FREEZE_BASE]})
+    model, _, script, checks, metrics = _restore_run("fit", script={0: 2.0, 1: 1.5, 2: 3.0}, policy=policy)
+    assert checks[0].passed and checks[0].best_epoch == 2 and metrics["val_loss"] == 1.5
+    for variable, best in zip(model.variables, script.weights[1]):
+        np.testing.assert_array_equal(variable.numpy(), best, err_msg=variable.name)
 
 
 def test_restore_best_needs_evaluation_data():
@@ -370,12 +404,12 @@ def test_plan_text_and_report_show_the_transition():
     assert newly_trainable(plans, 1) == ["conv_b"]
     lines = [line for line in format_plan(plans) if line.startswith("phase ")]
     assert "optimizer state" not in lines[0]
-    assert ("; optimizer state reset_new (1 newly trainable layer(s) start a fresh Adam); 1 newly trainable "
+    assert ("; optimizer state reset (every variable starts a fresh Adam); 1 newly trainable "
             "layer(s) warm up linearly from 0 × their rate over 1 epoch; ends with its best epoch's weights "
             "(restore_best); no feature cache") in lines[1]
-    assert plans[1].transition() == {"optimizer_state": "reset_new", "warmup": {"epochs": 1, "ratio": 0.0},
+    assert plans[1].transition() == {"optimizer_state": "reset", "warmup": {"epochs": 1, "ratio": 0.0},
                                      "restore_best": True}
-    assert plans[0].transition() == {"optimizer_state": "reset_new", "warmup": None, "restore_best": False}
+    assert plans[0].transition() == {"optimizer_state": "reset", "warmup": None, "restore_best": False}
 
 
 # MirroredStrategy ------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_plan_by_group_for_a_known_policy_line_by_line():
         "",
         "phase 2/2 'head': 1 epoch, head lr 1e-3, 3 of 6 layers trainable;",
         "  head trains on cached base features",
-        "  starts with: optimizer state reset_new (0 newly trainable layer(s) start a fresh Adam)",
+        "  starts with: optimizer state reset (every variable starts a fresh Adam)",
         "  group  layers  state      batchnorm  lr    trainable  frozen",
         "  stem        3  frozen     frozen     -             0     138",
         "  head        3  trainable  -          1e-3          9       0",
@@ -183,7 +183,7 @@ def test_plan_json_round_trips_with_groups_changes_and_layers(two_phase_json, tw
     }
     assert set(finetune["layers"][0]) == {"name", "class_name", "group", "auto_group", "auto_group_name", "trainable",
                                           "batchnorm", "learning_rate", "trainable_params", "frozen_params"}
-    assert finetune["transition"]["optimizer_state"] == "reset_new"
+    assert finetune["transition"]["optimizer_state"] == "reset"
     assert (head["caches_features"], finetune["caches_features"]) == (True, False)
     totals = [row for rows in _rows(two_phase_text[0]) for row in rows if row[0] == "total"]
     for phase, total in zip(document["phases"], totals):

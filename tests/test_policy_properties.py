@@ -136,3 +136,45 @@ def test_arbitrary_text_is_a_policy_error_or_a_policy(text):
         parse_policy(text)
     except PolicyError:
         pass
+
+
+# Hostile documents: YAML alias chains, deep nesting, non-finite numbers, path-like strings.
+def _alias_chain(width: int, levels: int) -> str:
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+hostile_documents = st.one_of(
+    st.builds(_alias_chain, st.integers(2, 12), st.integers(2, 12)),
+    st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 5000).map(lambda depth: "a:\n" + "".join("  " * i + "b:\n" for i in range(1, min(depth, 400)))),
+    st.sampled_from([".inf", "-.inf", ".nan", "1e-300", "1e309"]).map(
+        lambda value: f"version: 1\nphases:\n  - name: p\n    learning_rate: {value}\n    rules: [{{freeze: {{base: true}}}}]\n"),
+    st.sampled_from(["Infinity", "-Infinity", "NaN", "1e-300"]).map(
+        lambda value: '{"version": 1, "rules": [{"freeze": {"base": true}}], "phases": null, "x": ' + value + "}"),
+    st.text(alphabet="/._-abc:", min_size=1, max_size=40),
+)
+
+
+@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_documents)
+def test_hostile_documents_fail_fast_with_a_policy_error(text):
+    try:
+        policy = parse_policy(text)
+    except PolicyError as err:
+        assert str(err).startswith("freeze policy:") and "\n" not in str(err)[:200]
+    else:  # an accepted policy never carries a rate the trainer cannot use
+        for phase in policy.resolved_phases():
+            assert phase.learning_rate is None or 1e-8 <= phase.learning_rate <= 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="abcxyz_-.", min_size=1, max_size=12), st.sampled_from(["/", "./", "/nonexistent/"]),
+       st.sampled_from(["", ".json", ".yaml", ".yml"]))
+def test_a_path_that_is_not_a_file_is_never_read_as_an_inline_policy(name, prefix, suffix):
+    from freeze_trainer.policy import read_policy_source
+
+    value = prefix + name + suffix
+    with pytest.raises(PolicyError, match=r"^freeze policy: policy file .* (does not exist|is a directory|is not a regular file)$"):
+        read_policy_source(value)

@@ -1,10 +1,12 @@
 """`restore_best`: a phase ends with the weights of its epoch with the lowest validation loss.
 
-Like `EarlyStopping(restore_best_weights=True)`, but only over what the phase may change: the copies
-cover the phase's trainable variables and the BatchNorm statistics it updates (`VariableSplit.may_change`),
-so restoring them never touches a frozen variable and the freeze proof still holds. The copies, the best
-loss, its epoch and that epoch's metrics are part of the training checkpoint, so a resumed phase
-restores what an uninterrupted one would have.
+Like `EarlyStopping(restore_best_weights=True)`, with the phase's start as one more candidate: its
+evaluation is the one the previous phase ended with, so a phase whose every epoch evaluates worse than
+its start ends where it started, and fine-tuning never ends below the head it started from. Only what
+the phase may change is copied and restored: its trainable variables and the BatchNorm statistics it
+updates (`VariableSplit.may_change`), so a restore never touches a frozen variable and the freeze proof
+holds. The copies and the record (best loss, its epoch, that epoch's metrics, the previous phase's end)
+are part of the training checkpoint, so a resumed phase ends as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,67 +19,76 @@ import tensorflow as tf
 MONITOR = "val_loss"
 
 
-class _BestState(tf.train.experimental.PythonState):
-    """The best loss so far in the phase, its epoch (-1: none yet) and that epoch's logs."""
+class BestRecord(tf.train.experimental.PythonState):
+    """The phase's best so far: its validation loss, its epoch in the phase (0: the phase's start; None:
+    nothing yet) and that epoch's metrics; and the metrics the previous phase ended with."""
 
     def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.epoch, self.logs = math.inf, -1, {}
+        self.loss, self.epoch, self.logs, self.previous_logs = math.inf, None, {}, {}
 
     def serialize(self) -> str:
-        return json.dumps({"loss": None if math.isinf(self.loss) else self.loss, "epoch": self.epoch, "logs": self.logs})
+        loss = None if math.isinf(self.loss) else self.loss
+        return json.dumps({"loss": loss, "epoch": self.epoch, "logs": self.logs, "previous_logs": self.previous_logs})
 
     def deserialize(self, string_value) -> None:
         values = json.loads(string_value)
         self.loss = math.inf if values["loss"] is None else values["loss"]
-        self.epoch, self.logs = values["epoch"], values["logs"]
+        self.epoch, self.logs, self.previous_logs = values["epoch"], values["logs"], values["previous_logs"]
 
 
 class BestWeights:
-    """Copies of `variables` (every variable a `restore_best` phase may change) taken at the best epoch.
-    Create it where the model's variables were created (inside the strategy's scope). `trackable` is
-    what the training checkpoint saves."""
+    """Copies of `variables` (every variable a `restore_best` phase may change) at the best epoch. Create
+    it where the model's variables were created (inside the strategy's scope); `trackable` is what the
+    training checkpoint saves."""
 
     def __init__(self, variables):
         self._index = {v.ref(): index for index, v in enumerate(variables)}
         self.trackable = tf.Module(name="best_weights")
         self.trackable.copies = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
-        self.trackable.state = self.state = _BestState()
+        self.trackable.record = self.record = BestRecord()
 
-    @property
-    def copies(self) -> list[tf.Variable]:
-        return self.trackable.copies
-
-    def start_phase(self) -> None:
-        self.state.reset()
-
-    def record(self, epoch: int, logs: dict, variables) -> bool:
-        """Keeps `variables` if this epoch's validation loss is the phase's lowest; returns whether it was."""
-        loss = logs.get(MONITOR)
-        if loss is None or not loss < self.state.loss:
-            return False
+    def _keep(self, variables) -> None:
         for variable in variables:
-            self.copies[self._index[variable.ref()]].assign(variable)
-        self.state.loss, self.state.epoch, self.state.logs = float(loss), int(epoch), dict(logs)
+            self.trackable.copies[self._index[variable.ref()]].assign(variable)
+
+    def start_phase(self, variables) -> None:
+        """The phase's start is the first candidate, at the loss the previous phase ended with (if any)."""
+        previous = self.record.previous_logs
+        self.record.loss, self.record.epoch, self.record.logs = math.inf, None, {}
+        if MONITOR in previous:
+            self._keep(variables)
+            self.record.loss, self.record.epoch, self.record.logs = float(previous[MONITOR]), 0, dict(previous)
+
+    def offer(self, epoch: int, logs: dict, variables) -> bool:
+        """Keeps `variables` if the phase's `epoch` (from 1) has its lowest validation loss so far."""
+        loss = logs.get(MONITOR)
+        if loss is None or not loss < self.record.loss:
+            return False
+        self._keep(variables)
+        self.record.loss, self.record.epoch, self.record.logs = float(loss), int(epoch), dict(logs)
         return True
 
     def restore(self, variables) -> None:
         for variable in variables:
-            variable.assign(self.copies[self._index[variable.ref()]])
+            variable.assign(self.trackable.copies[self._index[variable.ref()]])
+
+    def end_phase(self, logs: dict) -> None:
+        """What the phase ended with: the next phase's start candidate."""
+        self.record.previous_logs = {key: float(value) for key, value in logs.items()}
 
 
 class RecordBest(tf.keras.callbacks.Callback):
-    """Records the phase's best epoch into `BestWeights` after each evaluation; works under `fit` and the
-    tape loop. It must come before the checkpoint callback, whose epoch-end save then includes it."""
+    """Offers each evaluated epoch of a phase to `BestWeights`; works under `fit` and the tape loop. It must
+    come before the checkpoint callback, whose epoch-end save then holds the epoch's record. `first_epoch`
+    is the run's epoch number of the phase's first epoch."""
 
-    def __init__(self, best: BestWeights, variables):
+    def __init__(self, best: BestWeights, variables, first_epoch: int):
         super().__init__()
-        self.best, self.variables, self.last_epoch = best, tuple(variables), None
+        self.best, self.variables, self.first_epoch = best, tuple(variables), first_epoch
+        self.last_epoch = None  # the last epoch trained, in the phase (from 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last_epoch = epoch
+        self.last_epoch = epoch - self.first_epoch + 1
         if MONITOR not in (logs or {}):
             raise ValueError(f"restore_best needs evaluation data: the epoch's logs have no {MONITOR!r}")
-        self.best.record(epoch, logs, self.variables)
+        self.best.offer(self.last_epoch, logs, self.variables)

@@ -32,7 +32,9 @@ class FreezeCheck:
     unchanged_trainable: tuple[str, ...]
     # Variables Keras had trainable although the plan freezes them (set `trainable` after apply_plan?).
     trainable_off_plan: tuple[str, ...] = ()
-    # With `restore_best`: the epoch of the phase (from 1) whose weights it ended with; None otherwise.
+    # Trained variables holding NaN or Inf after the phase: training diverged.
+    non_finite: tuple[str, ...] = ()
+    # With `restore_best`: the epoch of the phase (from 1; 0: its start) whose weights it ended with.
     best_epoch: int | None = None
 
     def as_dict(self) -> dict:
@@ -44,7 +46,7 @@ class FreezeCheck:
         return cls(**{**values, **{key: tuple(values.get(key, ())) for key in _NAME_LISTS}})
 
 
-_NAME_LISTS = ("changed_frozen", "unchanged_trainable", "trainable_off_plan")
+_NAME_LISTS = ("changed_frozen", "unchanged_trainable", "trainable_off_plan", "non_finite")
 Snapshot = dict  # variable ref -> (name, SHA-256 of its value's bytes)
 
 
@@ -69,10 +71,13 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
     flagged = {v.ref(): v.name for v in model.trainable_variables}
     planned = {v.ref() for v in split.trainable}
     off_plan = tuple(sorted(name for ref, name in flagged.items() if ref not in planned))
+    # A diverged phase (an infinite rate, say) leaves NaN or Inf behind: it did not train, whatever moved.
+    non_finite = tuple(v.name for v in (*split.trainable, *split.moving_statistics)
+                       if not np.all(np.isfinite(v.numpy())))
     return FreezeCheck(
         phase=plan.phase.name,
         # A phase in which nothing moved did not train: as much a failure as a frozen variable moving.
-        passed=not changed_frozen and not off_plan and len(unchanged_trainable) < len(may_change),
+        passed=not changed_frozen and not off_plan and not non_finite and len(unchanged_trainable) < len(may_change),
         frozen_variables=len(split.frozen),
         trainable_variables=len(may_change),
         frozen_params=sum(v.shape.num_elements() for v in split.frozen),
@@ -80,12 +85,18 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
         changed_frozen=tuple(changed_frozen),
         unchanged_trainable=tuple(unchanged_trainable),
         trainable_off_plan=off_plan,
+        non_finite=non_finite,
     )
 
 
 def raise_on_violation(check: FreezeCheck) -> None:
     if check.passed:
         return
+    if check.non_finite:
+        raise FreezeViolation(
+            f"phase {check.phase!r}: training diverged: {len(check.non_finite)} variable(s) hold NaN or Inf, e.g. "
+            f"{check.non_finite[0]} (lower the learning rate)"
+        )
     if check.trainable_off_plan:
         raise FreezeViolation(
             f"phase {check.phase!r}: Keras trains variable(s) the plan freezes: {', '.join(check.trainable_off_plan[:5])}"

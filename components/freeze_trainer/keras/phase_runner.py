@@ -2,7 +2,8 @@
 
 At each phase start the optimizer is set for the transition (see `start_optimizer_phase`): the phase's
 rates, which variables start with a fresh Adam (`optimizer_state`), and which warm up. A `restore_best`
-phase ends with the weights of its best evaluation epoch, before its proof.
+phase ends with the weights of its best evaluated epoch, or of its start (best_weights.py); its proof
+covers the training and the restore.
 
 Training data is either fixed batched datasets or an ExampleFeed, which batches each phase afresh and
 may train the head alone on cached base features; the proof always covers the whole classifier. With
@@ -140,13 +141,13 @@ def run_phases(
             split = plan.variable_split(model)
             trainable = split.trainable
             start_optimizer_phase(optimizer, model, plans, index, steps, fresh=not position)
-            if best and not position:
-                best.start_phase()
+            if best and plan.phase.restores_best and not position:
+                best.start_phase(_changing(split))
             # Restored weights already hold the batches trained before the checkpoint: a phase resumed
             # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
             before = resumed.phase_start if position else snapshot(model)
             extra = []
-            record = RecordBest(best, _changing(split)) if plan.phase.restores_best else None
+            record = RecordBest(best, _changing(split), epoch) if plan.phase.restores_best else None
             if record:
                 extra.append(record)  # before the checkpoint, whose epoch-end save then holds the epoch's record
             if checkpoints:
@@ -160,15 +161,20 @@ def run_phases(
                 )
                 if data.model.stop_training:  # an early stop ends the phase, as within one call
                     break
-            best_epoch = None
-            if record and best.state.epoch >= 0:
-                if best.state.epoch != record.last_epoch:
-                    best.restore(_changing(split))  # the frozen variables are not among them: the proof holds
-                metrics = dict(best.state.logs)
-                best_epoch = best.state.epoch - epoch + 1
-            check = check_phase(model, plan, before)
-            if record:
-                check = replace(check, best_epoch=best_epoch)
+            check = check_phase(model, plan, before)  # proves what training moved, before any restore
+            if record and best.record.epoch is not None:
+                if best.record.epoch != record.last_epoch:
+                    best.restore(_changing(split))
+                    # The restore writes only variables the phase may change: proven again, frozen ones untouched.
+                    restored = check_phase(model, plan, before)
+                    check = replace(
+                        check, changed_frozen=restored.changed_frozen, trainable_off_plan=restored.trainable_off_plan,
+                        passed=check.passed and not restored.changed_frozen and not restored.trainable_off_plan,
+                    )
+                metrics = dict(best.record.logs)
+                check = replace(check, best_epoch=best.record.epoch)
+            if best:
+                best.end_phase(metrics)
             checks.append(check)
             raise_on_violation(check)
             if checkpoints:

@@ -4,15 +4,22 @@
 step count) and the progress through the plan: the phase to train, the batches of it already trained,
 the snapshot its freeze check compares against, and the checks of the phases already completed. All of
 it is one checkpoint, and each save is atomic, so a kill at any moment leaves the last complete one.
+
+Under MultiWorkerMirroredStrategy saving is a collective, so every worker saves: the chief to the
+directory, the other workers to a scratch folder of their own that each save then removes (as the
+tf.distribute guide does). Every worker restores from the chief's checkpoints in the directory, which a
+real job keeps on storage all of them share (the ModelRun).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field, replace
 
 import tensorflow as tf
 
+from freeze_trainer.keras.distribution import is_chief
 from freeze_trainer.keras.freeze_proof import FreezeCheck, Snapshot
 
 CHECKPOINTS_KEPT = 3
@@ -55,21 +62,28 @@ class _ProgressState(tf.train.experimental.PythonState):
 class TrainingCheckpoints:
     def __init__(self, directory: str, model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer, **extra):
         """`extra`: more trackables saved and restored with the rest (the phases' best weights, say)."""
+        self.directory = directory
         self._state = _ProgressState(model)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=self._state, **extra)
-        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=CHECKPOINTS_KEPT)
+        # A worker other than the chief writes where nobody reads: its save only takes part in the collective.
+        self._scratch = None if is_chief() else tempfile.mkdtemp(prefix="worker-checkpoints-")
+        self.manager = tf.train.CheckpointManager(checkpoint, self._scratch or directory,
+                                                  max_to_keep=1 if self._scratch else CHECKPOINTS_KEPT)
 
     def restore(self) -> Progress:
-        """Restores the model and optimizer from the latest checkpoint and returns its progress (with no
-        checkpoint, the start)."""
-        if self.manager.latest_checkpoint is None:
+        """Restores the model and optimizer from the chief's latest checkpoint and returns its progress
+        (with no checkpoint, the start)."""
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest is None:
             return Progress()
-        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
         return self._state.progress
 
     def save(self, progress: Progress) -> None:
         self._state.progress = progress
         self.manager.save()
+        if self._scratch:
+            tf.io.gfile.rmtree(self._scratch)
 
 
 class PhaseCheckpoint(tf.keras.callbacks.Callback):

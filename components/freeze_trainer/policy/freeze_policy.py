@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 import yaml
@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 from freeze_trainer.policy.validation import first_error
 
 POLICY_VERSION = 1
+# Bounds that keep a policy document cheap to read: a YAML alias bomb or deep nesting fails fast.
+MAX_POLICY_BYTES = 64 * 1024
+MAX_POLICY_DEPTH = 32
+MAX_YAML_ALIASES = 64
+# A learning rate the trainer can use: finite, and neither vanishing nor exploding.
+LearningRate = Annotated[float, Field(ge=1e-8, le=10.0, allow_inf_nan=False)]
+Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
 
 
 class PolicyError(ValueError):
@@ -100,8 +107,8 @@ class LearningRateRule(_Strict):
     """Sets the learning rate of the layers `select` chooses: absolute (`lr`) or × the head's (`multiplier`)."""
 
     select: Selector
-    lr: PositiveFloat | None = None
-    multiplier: PositiveFloat | None = None
+    lr: LearningRate | None = None
+    multiplier: Multiplier | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LearningRateRule:
@@ -119,7 +126,7 @@ class LearningRateDecay(_Strict):
 
     factor: float = Field(..., gt=1.0)
     per: Literal["group", "layer"] = "group"
-    floor: PositiveFloat | None = None
+    floor: LearningRate | None = None
 
 
 class Phase(_Strict):
@@ -128,7 +135,7 @@ class Phase(_Strict):
     name: str = Field(..., min_length=1)
     epochs: PositiveInt | None = Field(None, description="Length in epochs; defaults to the trainer's `epochs`.")
     steps: PositiveInt | None = Field(None, description="Length in steps, instead of epochs.")
-    learning_rate: PositiveFloat | None = Field(None, description="The head's rate; defaults to the trainer's.")
+    learning_rate: LearningRate | None = Field(None, description="The head's rate; defaults to the trainer's.")
     rules: list[Rule] = Field(..., min_length=1)
     lr_decay: LearningRateDecay | None = None
     lr_rules: list[LearningRateRule] = Field(default_factory=list, description="Applied after `lr_decay`; last wins.")
@@ -136,9 +143,10 @@ class Phase(_Strict):
     # JSON, so a policy that sets none of them keeps its hash).
     optimizer_state: Literal["keep", "reset", "reset_new"] | None = Field(
         None,
-        description="Adam's moments and step counts at the phase start: `keep` them, `reset` every variable's"
-        " (a fresh Adam, as the Keras guide's recompile), or `reset_new` (default): only variables that did"
-        " not train in the previous phase start fresh. Each variable's bias correction counts its own steps.",
+        description="Adam's moments and step counts at the phase start: `reset` (default) every variable's, a"
+        " fresh Adam as the Keras guide's recompile; `reset_new`: only variables that did not train in the"
+        " previous phase start fresh (Lightning's added parameter group); `keep` them all. Each variable's"
+        " bias correction counts its own steps.",
     )
     warmup_steps: PositiveInt | None = Field(
         None, description="Newly trainable layers ramp linearly from 0 to their rate over this many steps."
@@ -175,7 +183,7 @@ class Phase(_Strict):
 
     @property
     def optimizer_state_mode(self) -> str:
-        return self.optimizer_state or "reset_new"
+        return self.optimizer_state or "reset"
 
     @property
     def restores_best(self) -> bool:
@@ -221,7 +229,20 @@ class Warmup:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-class HeadThenTop(_Strict):
+class _SafeRecipe(_Strict):
+    """A recipe's phases after the head restore their best epoch unless `restore_best: false`: fine-tuning
+    then never ends with a higher validation loss than the head it started from."""
+
+    restore_best: bool | None = Field(
+        None, description="Whether the phases after the head end with their best epoch's weights. Default true."
+    )
+
+    @property
+    def _restores_best(self) -> bool:
+        return self.restore_best is not False
+
+
+class HeadThenTop(_SafeRecipe):
     """The Keras transfer-learning guide and TFX's cifar10 example: train the head on a frozen base,
     then unfreeze the top of the base and fine-tune at a low learning rate."""
 
@@ -229,7 +250,7 @@ class HeadThenTop(_Strict):
     finetune_epochs: PositiveInt
     top_layers: PositiveInt | None = None
     top_fraction: float | None = Field(None, gt=0.0, le=1.0)
-    finetune_learning_rate: PositiveFloat
+    finetune_learning_rate: LearningRate
 
     @model_validator(mode="after")
     def _one_top(self) -> HeadThenTop:
@@ -246,11 +267,12 @@ class HeadThenTop(_Strict):
                 epochs=self.finetune_epochs,
                 learning_rate=self.finetune_learning_rate,
                 rules=[_FREEZE_BASE, Rule(unfreeze=top)],
+                restore_best=self._restores_best,
             ),
         ]
 
 
-class BackboneAtEpoch(_Strict):
+class BackboneAtEpoch(_SafeRecipe):
     """PyTorch Lightning's BackboneFinetuning: the head trains alone until `unfreeze_at_epoch`; then the
     whole backbone trains at `initial_ratio` × the head's rate, × `growth` each epoch, until aligned."""
 
@@ -278,13 +300,17 @@ class BackboneAtEpoch(_Strict):
                     epochs=length,
                     rules=[Rule(unfreeze=Selector(base=True))],
                     lr_rules=[LearningRateRule(select=Selector(base=True), multiplier=ratio)],
+                    # As Lightning: the backbone joins the optimizer fresh, the head's state and then the
+                    # backbone's carry over from phase to phase.
+                    optimizer_state="reset_new",
+                    restore_best=self._restores_best,
                 )
             )
             epoch += length
         return phases
 
 
-class Gradual(_Strict):
+class Gradual(_SafeRecipe):
     """ULMFiT's gradual unfreezing: one more auto group from the top each phase, each lower group
     training at the rate of the one above divided by `factor`."""
 
@@ -298,7 +324,9 @@ class Gradual(_Strict):
         for count in range(1, groups + 1):
             opened = [Rule(unfreeze=Selector(group=f"auto_{groups - 1 - i}")) for i in range(count)]
             epochs = self.epochs_per_group + (self.final_epochs if count == groups else 0)
-            phases.append(Phase(name=f"top_{count}_groups", epochs=epochs, rules=[_FREEZE_BASE, *opened], lr_decay=decay))
+            # As fastai's freeze_to: a newly unfrozen group starts a fresh Adam, the others keep theirs.
+            phases.append(Phase(name=f"top_{count}_groups", epochs=epochs, rules=[_FREEZE_BASE, *opened], lr_decay=decay,
+                                optimizer_state="reset_new", restore_best=self._restores_best))
         return phases
 
 
@@ -397,24 +425,81 @@ FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[_FREEZE_BASE])
 
 
 def read_policy_source(value: str) -> str:
-    """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline."""
+    """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline. A
+    one-line argument that reads as a path (a `/`, or a .json/.yaml/.yml ending) must be a readable file."""
     if os.path.isfile(value):
+        if os.path.getsize(value) > MAX_POLICY_BYTES:
+            raise PolicyError("", f"policy file {value}: larger than {MAX_POLICY_BYTES} bytes")
         with open(value) as f:
             return f.read()
+    looks_like_path = "\n" not in value and not value.lstrip().startswith("{") and ": " not in value and (
+        "/" in value or value.endswith((".json", ".yaml", ".yml")))
+    if looks_like_path:
+        reason = "is a directory" if os.path.isdir(value) else "is not a regular file" if os.path.exists(value) \
+            else "does not exist"
+        raise PolicyError("", f"policy file {value} {reason}")
     return value
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents nested deeper than MAX_POLICY_DEPTH or with more than
+    MAX_YAML_ALIASES aliases, before composing them (an alias bomb expands in the composer's output)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise PolicyError("", f"the policy uses more than {MAX_YAML_ALIASES} YAML aliases")
+        self._depth += 1
+        if self._depth > MAX_POLICY_DEPTH:
+            raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _depth(value: object) -> int:
+    """Nesting depth, breadth-first (no recursion however deep), each container once: YAML aliases share
+    one object, which an expanding walk would visit once per reference."""
+    depth, level, seen = 0, [value], set()
+    while level:
+        depth += 1
+        containers = [node for node in level if isinstance(node, (dict, list)) and id(node) not in seen]
+        seen.update(map(id, containers))
+        level = [child for node in containers for child in (node.values() if isinstance(node, dict) else node)]
+    return depth
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    """' at line L column C: problem', on one line."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or str(err)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+    return f"{where}: {' '.join(str(problem).split())}"
 
 
 def parse_policy(text: str) -> FreezePolicy:
     """Parses a policy from JSON or YAML text. Raises PolicyError, and only PolicyError."""
     if not isinstance(text, str) or not text.strip():
         raise PolicyError("", "the policy is empty")
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        raise PolicyError("", f"the policy is larger than {MAX_POLICY_BYTES} bytes")
     try:
         # JSON is YAML, but JSON's own parser gives better positions for JSON's errors.
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_BoundedLoader)
     except json.JSONDecodeError as err:
         raise PolicyError("", f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except RecursionError:
+        raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels") from None
     except yaml.YAMLError as err:
-        raise PolicyError("", f"malformed or unsafe YAML: {err}") from None
+        raise PolicyError("", f"malformed or unsafe YAML{_yaml_where(err)}") from None
+    if _depth(data) > MAX_POLICY_DEPTH:
+        raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels")
     return policy_from_dict(data)
 
 

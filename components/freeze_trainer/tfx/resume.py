@@ -58,5 +58,6 @@ def adopt_checkpoints(model_run_dir: str, custom_config: dict[str, Any]) -> str 
     tf.io.gfile.makedirs(model_run_dir)
     tf.io.gfile.rename(source, target)  # one rename on a local disk: they are in one place or the other
     _repoint_checkpoint_state(target)
-    absl.logging.info("Continuing an interrupted execution's training: its checkpoints %s moved to %s", source, target)
+    absl.logging.warning("Continuing an interrupted execution's training: its checkpoints %s moved to %s",
+                         source, target)
     return source

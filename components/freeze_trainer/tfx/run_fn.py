@@ -24,7 +24,7 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from freeze_trainer.keras.distribution import choose_strategy, cluster_workers, is_chief
+from freeze_trainer.keras.distribution import choose_strategy, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
@@ -183,9 +183,9 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,
             jit_compile=config.jit_compile,
-            # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. Workers
-            # of a multi-worker job would each need the chief's checkpoints: not supported yet.
-            checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints") if cluster_workers() <= 1 else None,
+            # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a
+            # multi-worker job the chief saves here, the others to scratch, and all resume from here.
+            checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints"),
             checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
     report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)

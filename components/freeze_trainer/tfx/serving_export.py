@@ -58,9 +58,11 @@ def _assert_parses(serialized: tf.Tensor, spec: dict) -> tf.Operation:
 
     batch_parses = count(parsed(tf.data.Dataset.from_tensors(serialized))) > 0
     position = tf.cond(batch_parses, lambda: tf.constant(-1, tf.int64), first_malformed)
+    names = sorted(spec)
+    names = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
     return tf.debugging.Assert(batch_parses, [tf.strings.format(
         "examples[{}] does not parse as a serialized tf.Example holding the features the model reads ("
-        + ", ".join(sorted(spec)) + ")", position)])
+        + names.replace("{", "(").replace("}", ")") + ")", position)])
 
 
 class _ServingModule(tf.Module):

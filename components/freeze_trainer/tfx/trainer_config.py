@@ -13,12 +13,18 @@ from __future__ import annotations
 import json
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
-from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy, PolicyError, parse_policy
+from freeze_trainer.policy.freeze_policy import (
+    FROZEN_BASE_POLICY,
+    FreezePolicy,
+    LearningRate,
+    PolicyError,
+    parse_policy,
+)
 from freeze_trainer.policy.validation import first_error
 
 CUSTOM_CONFIG_KEY = "freeze_trainer"
@@ -52,11 +58,11 @@ class TrainerConfig(BaseModel):
     backbone_weights: str = _parameter(
         "imagenet", "`imagenet`, `none`, a weights file, or a `.keras` backbone (local path or URI)."
     )
-    backbone_alpha: PositiveFloat | None = _parameter(
+    backbone_alpha: Annotated[float, Field(gt=0.0, le=4.0, allow_inf_nan=False)] | None = _parameter(
         None, "Width multiplier of MobileNet backbones; unset: the architecture's default.", per_run=False
     )
     epochs: PositiveInt = _parameter(10, "Epochs of a phase that sets neither `epochs` nor `steps`.")
-    learning_rate: PositiveFloat = _parameter(1e-2, "The head's learning rate where a phase sets none.")
+    learning_rate: LearningRate = _parameter(1e-2, "The head's learning rate where a phase sets none.")
     batch_size: PositiveInt = _parameter(32, "Examples per training batch (global, across replicas).")
     dropout: float = _parameter(0.2, "Dropout rate before the new head's classifier.")
     seed: int = _parameter(0, "Seed of weight initialisation, shuffling and dropout.")
