@@ -109,7 +109,8 @@ def load_build_model(module_file: str):
               help="Pipeline root, ML Metadata store, data and pushed models go here.")
 @trainer_parameter_options(defaults={"backbone_weights": DEFAULT_BACKBONE_PATH},
                            aliases={"feature_key": "--image-key"})
-@click.option("--image-size", type=int, default=IMAGE_SIZE, show_default=True)
+@click.option("--image-size", type=click.IntRange(8, 1024), default=IMAGE_SIZE, show_default=True,
+              help="Side of the square images the bundled Transform makes.")
 @click.option("--transform-module", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A module file with your own Transform preprocessing_fn; default: the bundled image one.")
 @click.option("--trainer-module", type=click.Path(exists=True, dir_okay=False), default=None,

@@ -131,16 +131,16 @@ def _uses_user_code(spec: dict) -> bool:
 def plan_compiled(config: TrainerConfig, image_size: int | None, path: str) -> str | None:
     """Plans `config`'s policy on the compiled model; raises Refused naming a bad value. Returns a warning
     when the model cannot be built here (and so is not planned), else None."""
-    from freeze_trainer.keras.backbones import BackboneError, is_saved_backbone
+    from freeze_trainer.keras.backbones import BackboneError
     from freeze_trainer.keras.classifier_model import HeadError
     from freeze_trainer.tfx.trainer_model import plan_for_config
 
     weights = config.backbone_weights
-    if is_saved_backbone(weights) and not os.path.exists(weights):
+    if weights.lower() not in ("imagenet", "none") and not os.path.exists(weights):  # a URI: not read here
         if config.backbone == CUSTOM_BACKBONE:
             return (f"warning: the freeze policy is not planned: the custom backbone {weights} is not on this "
                     "machine; the trainer plans it when the run starts")
-        # A saved backbone of a named architecture has that architecture's layers.
+        # A weights file or saved backbone of a named architecture has that architecture's layers.
         config = config.model_copy(update={"backbone_weights": "none"})
     if image_size is None and config.backbone != CUSTOM_BACKBONE:
         raise Refused(f"{path}: its {TRANSFORM_NODE_ID} task sets no image_size to plan the policy at")

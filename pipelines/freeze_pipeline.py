@@ -19,7 +19,7 @@ from tfx.dsl.components.common.importer import Importer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration import pipeline
-from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
 from tfx.types import Channel, standard_artifacts
 
 from freeze_trainer import FreezeTrainer
@@ -129,7 +129,12 @@ def create_pipeline(
     transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        **({"module_file": transform_module_file} if transform_module_file else {"preprocessing_fn": PREPROCESSING_FN}),
+        **({"module_file": transform_module_file} if transform_module_file else {
+            "preprocessing_fn": PREPROCESSING_FN,
+            # The bundled function's only analyzer is the label vocabulary: built over both splits, a class
+            # seen only in the eval split has an index instead of crashing the trainer with label -1.
+            "splits_config": transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"]),
+        }),
         custom_config={"image_size": image_size, "feature_key": feature_key, "label_key": label_key},
         # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
         # statistics would be a second and third pass over every image.

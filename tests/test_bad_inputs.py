@@ -293,3 +293,26 @@ def test_a_huge_image_is_refused_by_the_served_model(serving):
     with pytest.raises(tf.errors.InvalidArgumentError, match="larger than the bundled image Transform decodes"):
         serving(examples=tf.constant([huge]))
     assert time.monotonic() - started < 5
+
+
+def test_a_weights_file_that_does_not_fit_fails_at_start_up_in_one_line(tmp_path):
+    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.tfx.trainer_config import TrainerConfig
+    from freeze_trainer.tfx.trainer_model import plan_for_config
+
+    random_bytes = tmp_path / "weights.h5"
+    random_bytes.write_bytes(os.urandom(2048))
+    for weights, reason in ((str(random_bytes), "not weights of this MobileNetV2"),
+                            (str(tmp_path / "missing.h5"), "does not exist")):
+        config = TrainerConfig.from_parameters(backbone_weights=weights, backbone_alpha=0.35)
+        with pytest.raises(BackboneError, match=f"^backbone_weights: .*{reason}"):
+            plan_for_config(config, (32, 32, 3))
+
+
+def test_the_bundled_transform_builds_the_label_vocabulary_over_both_splits():
+    from pipelines.freeze_pipeline import create_pipeline
+
+    pipeline = create_pipeline("p", "/tmp/never-written", "/tmp/data", "/tmp/serving", image_size=32)
+    (transform,) = [node for node in pipeline.components if node.id == "Transform"]
+    splits = json.loads(transform.exec_properties["splits_config"])
+    assert splits == {"analyze": ["train", "eval"], "transform": ["train", "eval"]}

@@ -124,7 +124,12 @@ def build_backbone(
     )
     if keras_weights == "file":
         with tempfile.TemporaryDirectory() as tmp:
-            model.load_weights(_local_copy(weights, tmp))
+            local = _local_copy(weights, tmp)
+            try:
+                model.load_weights(local)
+            except (OSError, ValueError) as err:  # not HDF5, another architecture or width, ...
+                reason = " ".join(str(err).split())[:300]
+                raise BackboneError(f"backbone_weights: {weights}: not weights of this {name}: {reason}") from None
     return model
 
 

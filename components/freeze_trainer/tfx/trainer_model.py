@@ -16,7 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import build_backbone, is_saved_backbone
+from freeze_trainer.keras.backbones import build_backbone
 from freeze_trainer.keras.classifier_model import build_classifier, declare_head, has_head
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
@@ -65,9 +65,10 @@ def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2,
 def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
                     build_model: BuildModel | None = None) -> list[PhasePlan]:
     """Plans a trainer configuration without data or downloads: the backbone is built with random
-    weights unless it is a saved `.keras` backbone, whose own architecture is the one that matters;
-    `build_model` (a user module's hook) builds the model instead."""
-    weights = config.backbone_weights if is_saved_backbone(config.backbone_weights) else "none"
+    weights for `imagenet` (a download), and with the given file otherwise, so that a weights file
+    that does not fit fails here rather than after the data is processed; `build_model` (a user
+    module's hook) builds the model instead."""
+    weights = "none" if config.backbone_weights.lower() == "imagenet" else config.backbone_weights
     if config.backbone == CUSTOM_BACKBONE:  # the model file's own input, whatever the data's shape
         input_shape = None
     model = build_from_config(config.model_copy(update={"backbone_weights": weights}),
