@@ -135,8 +135,10 @@ def main(sizes, epochs, multi_processing, work_dir):
     click.echo(f"\n  data growth {data_growth:.1f}x; time growth {time_growth:.2f}x (components total), "
                f"{wall_growth:.2f}x (wall); memory growth {memory_growth:.2f}x")
     if len(counts) > 1:
-        per_image = [(t - totals[0]) / (c - counts[0]) * 1000 for t, c in zip(totals[1:len(counts)], counts[1:])] if ok else []
-        click.echo("  marginal seconds per 1000 images beyond the smallest: " + ", ".join(f"{p:.2f}" for p in per_image))
+        per_image = [(t - totals[0]) / (c - counts[0]) * 1000
+                     for t, c in zip(totals[1:len(counts)], counts[1:])] if ok else []
+        click.echo("  marginal seconds per 1000 images beyond the smallest: "
+                   + ", ".join(f"{p:.2f}" for p in per_image))
     goals = [
         (f"time growth <= {GOAL_TIME_SLACK} x data growth ({large[0]} vs {small[0]}, components total)",
          f"{time_growth:.2f}x vs {GOAL_TIME_SLACK * data_growth:.1f}x", time_growth <= GOAL_TIME_SLACK * data_growth),
@@ -146,15 +148,15 @@ def main(sizes, epochs, multi_processing, work_dir):
     if multi_processing:
         multi = runs[-1]
         ratio = multi[2].wall_seconds / large[2].wall_seconds
-        goals.append((f"multi-process Beam runner as fast as the in-memory one at {large[0]} (wall, multi/in-memory <= 1.00)",
-                      f"{ratio:.2f}", ratio <= 1.0))
+        goals.append((f"multi-process Beam runner as fast as the in-memory one at {large[0]} "
+                      "(wall, multi/in-memory <= 1.00)", f"{ratio:.2f}", ratio <= 1.0))
     click.echo("\ngoals")
     if not ok:
         goals = [(text, f"{value} (a run failed or did not push)", False) for text, value, _ in goals]
     for text, value, passed in goals:
         click.echo(f"  {'PASS' if passed else 'FAIL'}  {text}: {value}")
-    click.echo(json.dumps({name: {"images": count, "returncode": run.returncode, "wall_seconds": round(run.wall_seconds, 2),
-                                  "peak_tree_rss_bytes": run.peak_bytes,
+    click.echo(json.dumps({name: {"images": count, "returncode": run.returncode,
+                                  "wall_seconds": round(run.wall_seconds, 2), "peak_tree_rss_bytes": run.peak_bytes,
                                   "component_seconds": summary.component_seconds if summary else None}
                            for name, count, run, summary in runs} | {"goals": {t: p for t, _, p in goals}}))
     sys.exit(0 if ok and all(p for *_, p in goals) else 1)

@@ -28,7 +28,8 @@ def _start_job(directory, name, checkpoints=None, step_seconds=0.0):
         if checkpoints:
             command += ["--checkpoints", str(checkpoints)]
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return processes
 
 
