@@ -44,9 +44,14 @@ def _raw_schema(fn_args: FnArgs) -> schema_pb2.Schema:
     return io_utils.parse_pbtxt_file(fn_args.schema_path, schema_pb2.Schema())
 
 
-def data_contract(fn_args: FnArgs, config: TrainerConfig, tft_output: tft.TFTransformOutput | None) -> DataContract:
+def examples_schema(fn_args: FnArgs, tft_output: tft.TFTransformOutput | None) -> schema_pb2.Schema:
+    """The schema of the examples the trainer reads: the Transform output's, or the raw one without it."""
+    return tft_output.transformed_metadata.schema if tft_output else _raw_schema(fn_args)
+
+
+def data_contract(fn_args: FnArgs, config: TrainerConfig, tft_output: tft.TFTransformOutput | None,
+                  schema: schema_pb2.Schema) -> DataContract:
     """The contract of these examples; raises ConfigError naming a missing key before anything trains."""
-    schema = tft_output.transformed_metadata.schema if tft_output else _raw_schema(fn_args)
     domains = {feature.name: feature.int_domain.max + 1 for feature in schema.feature if feature.HasField("int_domain")}
 
     def vocabulary_names(name: str) -> list[str] | None:
@@ -130,7 +135,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     config = trainer_config(fn_args)
     tf.keras.utils.set_random_seed(config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
-    contract = data_contract(fn_args, config, tft_output)
+    schema = examples_schema(fn_args, tft_output)
+    contract = data_contract(fn_args, config, tft_output, schema)
     build_model = model if callable(model) and not isinstance(model, tf.keras.Model) else None
     build_model = build_model or (fn_args.custom_config or {}).get(BUILD_MODEL_KEY)
 
@@ -148,7 +154,6 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
 
-    schema = tft_output.transformed_metadata.schema if tft_output else _raw_schema(fn_args)
     keys = (contract.feature_key, contract.label_key)
     prepare = contract.task.prepare_labels
 
@@ -171,6 +176,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     # TFX's train_args.num_steps: the training steps in all, spread over the epochs of every phase.
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
+    checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
     with strategy.scope(), feature_cache or contextlib.nullcontext():
         checks, metrics = train_with_proof(
             model,
@@ -185,7 +191,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             jit_compile=config.jit_compile,
             # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a
             # multi-worker job the chief saves here, the others to scratch, and all resume from here.
-            checkpoint_dir=os.path.join(fn_args.model_run_dir, "checkpoints"),
+            checkpoint_dir=checkpoint_dir,
             checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
     report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)
@@ -208,7 +214,6 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     )
     # Exported: the training checkpoints only served to resume this training, so they go (each holds the
     # model and its optimizer state). No parameter keeps them; a killed run never gets here and keeps its own.
-    checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
     if is_chief() and tf.io.gfile.exists(checkpoint_dir):
         tf.io.gfile.rmtree(checkpoint_dir)
     return report
