@@ -4,6 +4,10 @@
     python local_runner.py --freeze-policy policy.yaml --epochs 3 --output-dir /tmp/run
     python local_runner.py --retrain --freeze-policy kubeflow/policies/retrain_top_block.json   # cron-able
 
+The terminal shows a line as each component starts and ends, a progress bar per training phase and the
+summary; TensorFlow's, TFX's and Beam's logs and warnings go to `<output-dir>/logs/<UTC start>.log`, which
+the summary names (`--verbose` shows them too).
+
 One run at a time per --output-dir: while one holds `<output-dir>/.run.lock`, another exits at once with
 status 75 (EX_TEMPFAIL) and one line naming it (pid, host, start time). A killed run leaves no stale lock.
 """
@@ -25,14 +29,10 @@ import click
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
-from freeze_trainer.keras.backbones import BackboneError
-from freeze_trainer.keras.classifier_model import HeadError
+from freeze_trainer.cli.terminal import TerminalLog, echo_error, quiet_terminal, verbose_option
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
-from freeze_trainer.tfx.trainer_model import plan_for_config
-from pipelines.data_checks import check_data_root
-from pipelines.digits_data import write_digits_examples
-from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
+from pipelines.demo_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 PIPELINE_NAME = "freeze-trainer-demo"
@@ -59,8 +59,8 @@ def lock_output_dir(output_dir: str) -> None:
             except (OSError, ValueError):
                 time.sleep(0.05)
         os.close(fd)
-        click.echo(f"error: output folder {output_dir} is in use by another run (pid {holder.get('pid', '?')} on "
-                   f"{holder.get('host', '?')}, started {holder.get('started', '?')}); not started", err=True)
+        echo_error(f"error: output folder {output_dir} is in use by another run (pid {holder.get('pid', '?')} on "
+                   f"{holder.get('host', '?')}, started {holder.get('started', '?')}); not started")
         sys.exit(EXIT_OUTPUT_DIR_BUSY)
     note = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -75,13 +75,23 @@ def lock_output_dir(output_dir: str) -> None:
     atexit.register(release)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """What a wrong parameter, policy or model raises: one line for the user, no traceback."""
+    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.keras.classifier_model import HeadError
+
+    return PolicyError, ConfigError, BackboneError, HeadError
+
+
 def validated_config(image_size: int, trainer_module: str | None, **values) -> TrainerConfig:
     """The trainer configuration, checked against the model's layers before any data is read."""
+    from freeze_trainer.tfx.trainer_model import plan_for_config
+
     try:
         config = TrainerConfig.from_parameters(**values)
         build_model = load_build_model(trainer_module) if trainer_module else None
         plan_for_config(config, (image_size, image_size, 3), build_model=build_model)
-    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
+    except user_errors() as err:
         raise click.UsageError(str(err)) from None
     return config
 
@@ -128,19 +138,32 @@ def load_build_model(module_file: str):
                    "beats the gate against it; a rejected candidate is not an error (exit 0).")
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline argument (e.g. --direct_num_workers=4), instead of the defaults; repeatable.")
-def main(output_dir, image_size, transform_module, trainer_module, train_steps, eval_steps, hyperparameters, data_root,
-         sample, accuracy_floor, retrain, beam_args, **kwargs):
+@verbose_option
+def main(verbose, **options):
+    # TensorFlow, TFX and Beam log to a file; the terminal shows the components, the training and the summary.
+    with quiet_terminal(verbose) as log:
+        run_pipeline(log, **options)
+
+
+def run_pipeline(log: TerminalLog, output_dir, image_size, transform_module, trainer_module, train_steps, eval_steps,
+                 hyperparameters, data_root, sample, accuracy_floor, retrain, beam_args, **kwargs):
     parameters = pop_trainer_parameters(kwargs)
     parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
     config = validated_config(image_size, trainer_module, **parameters)
     if data_root:  # the user's data: checked before anything is written or any component runs
+        from pipelines.data_checks import check_data_root
+
         check_data_root(data_root, config, bundled_transform=transform_module is None)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
+    # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
+    started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log.move_to(os.path.join(os.path.abspath(output_dir), "logs", f"{started_utc}.log"))
 
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     from pipelines.crash_resume import resume_interrupted_training, run_fingerprint
+    from pipelines.digits_data import write_digits_examples
     from pipelines.freeze_pipeline import create_pipeline
     from pipelines.run_summary import summarize_latest_run
 
@@ -175,12 +198,12 @@ def main(output_dir, image_size, transform_module, trainer_module, train_steps, 
     started = time.monotonic()
     try:
         LocalDagRunner().run(pipeline)
-    except (PolicyError, ConfigError, BackboneError, HeadError) as err:  # found once the data is read
+    except user_errors() as err:  # found once the data is read
         raise click.ClickException(str(err)) from None
     wall = time.monotonic() - started
 
     summary = summarize_latest_run(metadata_path, PIPELINE_NAME)
-    click.echo("\n".join(summary.lines()))
+    click.echo("\n".join(summary.lines(per_component=False)))  # each component's seconds printed as it ended
     click.echo(f"  pipeline wall time               {wall:7.1f} s")
     report = transfer_report_path(config.backbone_weights)
     if os.path.exists(report):
@@ -191,6 +214,7 @@ def main(output_dir, image_size, transform_module, trainer_module, train_steps, 
             f" frozen base {transfer['target_eval_accuracy_pretrained_frozen_base']:.4f}, with a random frozen"
             f" base {transfer['target_eval_accuracy_random_frozen_base']:.4f}"
         )
+    click.echo(f"  log: {log.path}")
     if not summary.pushed_to:
         if retrain:  # the gate did its job: serving keeps the previously pushed model
             click.echo("  retraining: the candidate was not blessed and was not pushed")

@@ -24,6 +24,8 @@ import time  # noqa: E402
 
 import click  # noqa: E402
 
+from freeze_trainer.cli.terminal import QuietCommand  # noqa: E402
+
 MODES = {"uncached": None, "cached in memory": 1024, "cached on disk": 0}  # memory budget in MB
 
 
@@ -60,7 +62,7 @@ def train_once(mode: str, epochs: int, examples: int, image_size: int, batch_siz
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--examples", type=int, default=1024, show_default=True)
 @click.option("--image-size", type=int, default=96, show_default=True)

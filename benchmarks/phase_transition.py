@@ -34,7 +34,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `pipelines`
 
 import json  # noqa: E402
@@ -44,18 +43,22 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import click  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
-from freeze_trainer.keras.classifier_model import backbone_of, build_classifier  # noqa: E402
-from freeze_trainer.keras.example_feed import ExampleFeed, endless_batches  # noqa: E402
-from freeze_trainer.keras.feature_cache import FeatureCache  # noqa: E402
-from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
-from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam  # noqa: E402
-from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
-from pipelines.digits_data import TARGET_DIGITS  # noqa: E402
-from pipelines.pretrain_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, digit_split  # noqa: E402
+from freeze_trainer.cli.terminal import QuietCommand, quiet_terminal  # noqa: E402
+
+with quiet_terminal(verbose="--verbose" in sys.argv):  # TensorFlow's start-up lines, before main's own log
+    import tensorflow as tf
+
+    from freeze_trainer.keras.backbones import build_backbone
+    from freeze_trainer.keras.classifier_model import backbone_of, build_classifier
+    from freeze_trainer.keras.example_feed import ExampleFeed, endless_batches
+    from freeze_trainer.keras.feature_cache import FeatureCache
+    from freeze_trainer.keras.fit_training import train_with_fit
+    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+    from freeze_trainer.policy.freeze_policy import policy_from_dict
+    from pipelines.digits_data import TARGET_DIGITS
+    from pipelines.pretrain_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, digit_split
 
 SEED = 0
 BATCH_SIZE = 32
@@ -265,7 +268,7 @@ def goals(results: list[Result], rates) -> list[tuple[str, bool]]:
     return checks
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--recipes/--no-recipes", default=True, help="Run backbone_at_epoch and gradual too.")
 @click.option("--before/--no-before", default=False, help="Also run the optimizer before this change.")
 @click.option("--variant", "variants", multiple=True, type=click.Choice(sorted(VARIANTS)),

@@ -7,7 +7,8 @@ Transform resizes to the demo backbone's 32 px RGB). The largest size runs once 
 DirectRunner in separate worker processes (`--direct_running_mode=multi_processing
 --direct_num_workers=2`). Prints each component's seconds (from the run summary in ML Metadata), the
 subprocess wall time, the peak resident memory of the whole process tree (sampled, as
-benchmarks/pipeline_speed.py measures it), the time and memory growth, and PASS/FAIL per goal:
+benchmarks/pipeline_speed.py measures it) in all and while each component ran, the time and memory
+growth, and PASS/FAIL per goal:
 
   time growth (largest / smallest, components total) <= 1.1 x the data growth
   peak RSS of the process tree at the largest size <= 1.5 x that at the smallest
@@ -36,6 +37,8 @@ import tempfile  # noqa: E402
 import click  # noqa: E402
 import numpy as np  # noqa: E402
 
+from freeze_trainer.cli.terminal import QuietCommand  # noqa: E402
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
@@ -60,7 +63,6 @@ def write_fashion_examples(output_dir: str, count: int) -> str:
     """The first `count` training images as PNG tf.Examples in one TFRecord file; returns `output_dir`."""
     import tensorflow as tf
 
-    sys.path.insert(0, REPO_ROOT)
     from pipelines.digits_data import to_example
 
     images = read_idx(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz"))
@@ -79,7 +81,7 @@ def _label(count: int) -> str:
     return f"{count // 1000}k" if count % 1000 == 0 else str(count)
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--sizes", default="3000,30000,60000", show_default=True, help="Comma-separated image counts.")
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--multi-processing/--no-multi-processing", default=True, show_default=True,
@@ -125,6 +127,12 @@ def main(sizes, epochs, multi_processing, work_dir):
     click.echo(f"  {'peak RSS, tree (MB)':<28}" + "".join(f"{r.peak_bytes / 1e6:18.0f}" for _, _, r, _ in runs))
     click.echo(f"  {'freeze check':<28}" + "".join(f"{str(s and s.freeze_check):>18}" for *_, s in runs))
     click.echo(f"  {'pushed':<28}" + "".join(f"{str(bool(s and s.pushed_to)):>18}" for *_, s in runs))
+    click.echo(f"\n  {'peak RSS while running (MB)':<28}" + "".join(f"{name:>18}" for name, *_ in runs))
+    for component in components:  # where the memory goes
+        peaks = [r.peak_between(*s.component_spans[component]) if s and component in s.component_spans else None
+                 for _, _, r, s in runs]
+        if any(peaks):
+            click.echo(f"  {component:<28}" + "".join(f"{p / 1e6:18.0f}" if p else f"{'-':>18}" for p in peaks))
 
     ok = all(r.returncode == 0 and s and s.pushed_to for _, _, r, s in runs)
     small, large = runs[0], runs[len(counts) - 1]

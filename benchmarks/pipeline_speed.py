@@ -36,12 +36,15 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 import click  # noqa: E402
 
+from freeze_trainer.cli.terminal import QuietCommand  # noqa: E402
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, REPO_ROOT)  # the repository's `pipelines` and `local_runner`, from any working folder
 LOCAL_RUNNER = os.path.join(REPO_ROOT, "local_runner.py")
 STOCK_MODULE_FILE = os.path.join(BENCH_DIR, "stock_trainer_module.py")
 STOCK_PIPELINE_NAME = "stock-tfx-trainer"
@@ -60,7 +63,6 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def _local_runner_defaults() -> dict:
     """local_runner.py's option defaults, so both pipelines train with the same settings."""
-    sys.path.insert(0, REPO_ROOT)
     import local_runner
 
     return {param.name: param.default for param in local_runner.main.params}
@@ -157,10 +159,15 @@ class ChildRun:
     wall_seconds: float
     max_process_rss: int  # bytes: the largest single process of the tree (wait4's ru_maxrss)
     peak_tree_rss: int  # bytes: the largest sampled sum over the child and all its descendants
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (Unix time, tree RSS bytes)
 
     @property
     def peak_bytes(self) -> int:
         return max(self.max_process_rss, self.peak_tree_rss)
+
+    def peak_between(self, start: float, end: float) -> int | None:
+        """The largest tree RSS sampled between two Unix times (a component's run), None if none was."""
+        return max((rss for at, rss in self.rss_samples if start <= at <= end), default=None)
 
 
 def _tree_rss(root: int) -> int:
@@ -191,14 +198,14 @@ def run_child(name: str, command: list[str], output_dir: str, interval: float = 
     os.makedirs(output_dir, exist_ok=True)
     log_path = os.path.join(output_dir, f"{name}.log")
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    peak, done = [0], threading.Event()
+    samples, done = [], threading.Event()
     with open(log_path, "w") as log:
         started = time.monotonic()
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def sample():
             while not done.wait(interval):
-                peak[0] = max(peak[0], _tree_rss(process.pid))
+                samples.append((time.time(), _tree_rss(process.pid)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -207,7 +214,8 @@ def run_child(name: str, command: list[str], output_dir: str, interval: float = 
         done.set()
         sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(name, output_dir, log_path, process.returncode, wall, usage.ru_maxrss * 1024, peak[0])
+    return ChildRun(name, output_dir, log_path, process.returncode, wall, usage.ru_maxrss * 1024,
+                    max((rss for _, rss in samples), default=0), samples)
 
 
 def _overrides_args(overrides: dict) -> list[str]:
@@ -256,7 +264,6 @@ def _seconds(value: float | None) -> str:
 
 def print_summary(output_dir: str, name: str) -> None:
     """One JSON line: the run's pipelines/run_summary.py summary (in a child: the parent stays TF-free)."""
-    sys.path.insert(0, REPO_ROOT)
     from local_runner import PIPELINE_NAME
 
     from pipelines.run_summary import summarize_latest_run
@@ -265,6 +272,7 @@ def print_summary(output_dir: str, name: str) -> None:
     summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), pipeline_name)
     print(json.dumps({
         "component_seconds": summary.component_seconds,
+        "component_spans": summary.component_spans,
         "accuracy": summary.accuracy,
         "blessed": summary.blessed,
         "pushed_to": summary.pushed_to,
@@ -279,6 +287,7 @@ class Summary:
     blessed: bool
     pushed_to: str | None
     freeze_check: str | None
+    component_spans: dict = field(default_factory=dict)  # name -> [start, end], Unix seconds
 
 
 def _summary_or_none(run: ChildRun) -> Summary | None:
@@ -357,7 +366,7 @@ def report(ours: ChildRun, stock: ChildRun, quick: bool) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--epochs", type=int, default=None, help="Default: local_runner.py's.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples. Default: all.")
 @click.option("--accuracy-floor", type=float, default=None, help="Default: local_runner.py's.")

@@ -16,19 +16,24 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is first imported
 
 import json  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import click  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
-from freeze_trainer.keras.classifier_model import build_classifier  # noqa: E402
-from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
-from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
-from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
-from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph  # noqa: E402
+from freeze_trainer.cli.terminal import QuietCommand, quiet_terminal  # noqa: E402
+
+with quiet_terminal(verbose="--verbose" in sys.argv):  # TensorFlow's start-up lines, before main's own log
+    import tensorflow as tf
+
+    from freeze_trainer.keras.backbones import build_backbone
+    from freeze_trainer.keras.classifier_model import build_classifier
+    from freeze_trainer.keras.fit_training import train_with_fit
+    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.policy.freeze_policy import policy_from_dict
+    from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+    from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
 
 FROZEN = [{"freeze": {"base": True}}]
 FULL = [{"unfreeze": {"base": True}}]
@@ -113,7 +118,7 @@ SUITES = {
 }
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--suite", type=click.Choice(sorted(SUITES)), default="cpu", show_default=True)
 @click.option("--backbone", default="MobileNetV2", show_default=True)
 @click.option("--image-size", type=int, default=None, help="Default: 96 for cpu, 224 for gpu.")

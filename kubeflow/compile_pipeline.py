@@ -25,6 +25,7 @@ import pydantic
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
+from freeze_trainer.cli.terminal import QuietCommand
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.policy.validation import first_error
 from freeze_trainer.tfx.trainer_config import ConfigError
@@ -39,7 +40,7 @@ from kubeflow.pipeline_definition import (
 )
 
 
-@click.command()
+@click.command(cls=QuietCommand)
 @click.option("--output", required=True, help="pipeline.json (Vertex PipelineJob) or pipeline.yaml (KFP PipelineSpec).")
 @click.option("--image", required=True, help="Pipeline image built from kubeflow/Dockerfile, e.g. us-docker.pkg.dev/P/R/freeze-trainer:TAG.")
 @click.option("--pipeline-root", required=True, help="Artifact root, e.g. gs://BUCKET/freeze-trainer/root.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import click
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.cli.terminal import QuietGroup
 
 from kubeflow.submission import (
     checked_values,
@@ -51,7 +52,7 @@ def kfp_run_arguments(package_path: str, run_name: str, experiment: str, namespa
     )
 
 
-@click.group()
+@click.group(cls=QuietGroup)
 def main():
     """One run on Vertex AI Pipelines (vertex) or Kubeflow Pipelines 2 (kfp)."""
 

@@ -21,6 +21,7 @@ import re
 import click
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.cli.terminal import QuietGroup
 
 from kubeflow.submission import (  # noqa: F401  (parameter_values, read_pipeline_spec: this module's API before)
     checked_values,
@@ -69,7 +70,7 @@ def kfp_recurring_run_arguments(package_path: str, job_name: str, experiment_id:
     )
 
 
-@click.group()
+@click.group(cls=QuietGroup)
 def main():
     """Recurring runs on Vertex AI Pipelines (vertex) or Kubeflow Pipelines 2 (kfp)."""
 

@@ -28,6 +28,7 @@ import click
 import yaml
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.cli.terminal import echo_error
 from freeze_trainer.policy import PolicyError, parse_policy, read_policy_source
 from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, TRAINER_PARAMETER_NAMES, ConfigError, TrainerConfig
 from kubeflow.pipeline_definition import TRAINER_NODE_ID
@@ -174,10 +175,9 @@ def parameter_values(path: str, overrides: dict[str, Any], plan: bool = True) ->
         raise Refused(str(err)) from None
     if plan:
         if _uses_user_code(spec):
-            click.echo("warning: the freeze policy is not planned: the trainer task runs a module of its own",
-                       err=True)
+            echo_error("warning: the freeze policy is not planned: the trainer task runs a module of its own")
         elif warning := plan_compiled(config, compiled_image_size(spec, path), path):
-            click.echo(warning, err=True)
+            echo_error(warning)
     return values
 
 
@@ -251,4 +251,4 @@ def vertex_job_request(job, service_account: str | None = None) -> dict:
 def echo_request(title: str, request: dict) -> None:
     """A dry run's output: the request as JSON on stdout, then a line on stderr that nothing was sent."""
     click.echo(json.dumps(request, indent=2, sort_keys=True, default=str))
-    click.echo(f"dry run: {title} checked, nothing submitted", err=True)
+    echo_error(f"dry run: {title} checked, nothing submitted")

@@ -26,13 +26,9 @@ from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
 from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
 from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy  # noqa: E402
 from freeze_trainer.tfx.image_transform import decode_images  # noqa: E402
+from pipelines.demo_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path  # noqa: E402
 from pipelines.digits_data import SOURCE_DIGITS, TARGET_DIGITS, load_digit_pngs  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_BACKBONE_PATH = os.path.join(REPO_ROOT, "pretrained", "mobilenetv2_035_digits0to4.keras")
-BACKBONE_NAME = "MobileNetV2"
-ALPHA = 0.35
-IMAGE_SIZE = 32
 TRAIN_EVERYTHING = FreezePolicy.model_validate({"version": 1, "batchnorm": "train", "rules": [{"unfreeze": {"base": True}}]})
 
 
@@ -107,10 +103,6 @@ def pretrain(output: str, epochs: int, head_epochs: int) -> dict:
     with open(transfer_report_path(output), "w") as f:
         json.dump(report, f, indent=2)
     return report
-
-
-def transfer_report_path(backbone_path: str) -> str:
-    return os.path.splitext(backbone_path)[0] + ".transfer.json"
 
 
 @click.command()

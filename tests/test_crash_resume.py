@@ -14,15 +14,12 @@ from ml_metadata.proto import metadata_store_pb2
 
 from tests.conftest import REPO_ROOT
 
-# Run with absl at INFO, so the trainer's "Resuming from ... at phase ..." line shows.
-RUNNER = ("import sys, runpy, absl.logging; absl.logging.set_verbosity(absl.logging.INFO); "
-          "sys.argv = ['local_runner.py', *sys.argv[1:]]; runpy.run_path('local_runner.py', run_name='__main__')")
 # 120 digits: about 3 training steps an epoch, so 40 epochs with a checkpoint every step.
 ARGS = ("--sample", "120", "--epochs", "40", "--checkpoint-every-steps", "1", "--accuracy-floor", "0")
 
 
 def _command(output_dir):
-    return [sys.executable, "-c", RUNNER, "--output-dir", str(output_dir), *ARGS]
+    return [sys.executable, "local_runner.py", "--output-dir", str(output_dir), *ARGS]
 
 
 def _trainer_executions(output_dir):
@@ -58,11 +55,16 @@ def test_a_killed_trainer_resumes_in_the_next_run(tmp_path):
     executions = _trainer_executions(output_dir)
     [new_id] = set(executions) - {killed_id}
     new_dir = os.path.join(model_runs, str(new_id))
-    assert "Continuing an interrupted execution's training" in rerun.stderr
-    resumed = re.search(r"Resuming from (\S+) at phase (\d+), batch (\d+)", rerun.stderr)
-    assert resumed, rerun.stderr[-5000:]
+    # The rerun's log (at INFO), which its summary names, says where its training continued.
+    [log_path] = re.findall(r"^  log: (.+)$", rerun.stdout, re.M)
+    with open(log_path) as f:
+        log = f.read()
+    assert "Continuing an interrupted execution's training" in log
+    resumed = re.search(r"Resuming from (\S+) at phase (\d+), batch (\d+)", log)
+    assert resumed, log[-5000:]
     print(resumed.group(0))
     assert resumed.group(1) == os.path.join(new_dir, "checkpoints")  # moved into the new execution's ModelRun
+    assert f"resumed at step {resumed.group(3)}" in rerun.stdout  # the phase's line above its progress bar
     # The killed execution is no longer RUNNING; the new one completed; no checkpoints are left anywhere.
     assert executions[killed_id].last_known_state == metadata_store_pb2.Execution.CANCELED
     assert "killed" in executions[killed_id].custom_properties["canceled_because"].string_value

@@ -69,6 +69,11 @@ def test_the_worse_candidate_is_not_pushed_and_serving_keeps_the_previous_model(
     store = mlmd_store(os.path.join(output_dir, "metadata.sqlite"))
     pushes = sorted(store.get_artifacts_by_type("PushedModel"), key=lambda a: a.id)
     assert [p.custom_properties["pushed"].int_value for p in pushes] == [1, 0]
+    # The rejected candidate's run report, completed with its evaluation, sits in its PushedModel folder.
+    with open(os.path.join(pushes[1].uri, "report.html")) as f:
+        report = f.read()
+    assert "Not blessed" in report
+    assert "compared with no baseline" not in report  # it was evaluated against the pushed model
 
 
 def test_the_candidate_warm_started_from_and_was_evaluated_against_the_blessed_model(two_runs):

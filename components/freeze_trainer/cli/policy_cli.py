@@ -12,6 +12,7 @@ import json
 import click
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+from freeze_trainer.cli.terminal import QuietGroup, echo_error
 from freeze_trainer.policy import PolicyError, parse_policy, policy_json_schema, read_policy_source
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
@@ -64,7 +65,7 @@ def _plans_or_exit(**kwargs) -> list:
         raise click.ClickException(str(err)) from None
 
 
-@click.group()
+@click.group(cls=QuietGroup)
 def main() -> None:
     """Check and explain freeze policies."""
 
@@ -125,7 +126,7 @@ def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> N
         from freeze_trainer.keras.plan_picture import draw_plan
 
         draw_plan(plans, picture, title=_planned_line(planned))
-        click.echo(f"plan picture: {picture}", err=True)
+        echo_error(f"plan picture: {picture}")
 
 
 @main.command()

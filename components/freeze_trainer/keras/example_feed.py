@@ -49,6 +49,7 @@ class PhaseData:
     model: tf.keras.Model  # what the phase fits: the classifier, or its head over cached base features
     batches: Callable[[int], tf.data.Dataset]  # p -> endless training batches from batch p of the phase on
     eval: tf.data.Dataset | None
+    cached_features: bool = False  # `model` is the head alone, on cached base features
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class ExampleFeed:
         return math.ceil(count_elements(self.train_examples) / self.batch_size)
 
     def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
-        if self.feature_cache is not None and plan.caches_features:
+        cached = self.feature_cache is not None and plan.caches_features
+        if cached:
             features = self.feature_cache.features(
                 model, {"train": self.train_examples, "eval": self.eval_examples}, self.batch_size
             )
@@ -97,4 +99,4 @@ class ExampleFeed:
         else:
             train, evaluation = self.train_examples, self.eval_examples
         batches = partial(endless_batches, train, self.batch_size, self.shuffle_seed)
-        return PhaseData(model, batches, evaluation.batch(self.batch_size))
+        return PhaseData(model, batches, evaluation.batch(self.batch_size), cached)

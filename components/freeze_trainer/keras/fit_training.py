@@ -19,14 +19,15 @@ def train_with_fit(
     eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
     steps_per_epoch: int | None = None,
-    verbose: int = 2,
+    verbose: int = 1,
     optimizer: LayerRateAdam | None = None,
     jit_compile: bool = False,
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
     task: Task = MULTICLASS,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
-    """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics."""
+    """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics.
+    `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
 
     def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, _trainable, batches: tf.data.Dataset,
                     evaluation: tf.data.Dataset | None, first: int, end: int, steps: int, extra: list):
@@ -45,9 +46,9 @@ def train_with_fit(
             epochs=end,
             steps_per_epoch=steps,
             callbacks=[*callbacks, *extra],
-            verbose=verbose,
+            verbose=0,  # the phase's progress bar is one of `extra`
         )
         return {name: float(values[-1]) for name, values in history.history.items()}
 
     return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
-                      checkpoint_every_steps)
+                      checkpoint_every_steps, verbose)

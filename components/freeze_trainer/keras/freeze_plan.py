@@ -82,6 +82,11 @@ class PhasePlan:
     def caches_features(self) -> bool:
         return self.feature_cache_blocker is None
 
+    @property
+    def epoch_count(self) -> int:
+        """The epochs the phase numbers: a `steps` phase is one epoch of that many batches."""
+        return 1 if self.steps else self.epochs
+
     def state(self, layer_name: str) -> LayerState:
         return next(state for state in self.layers if state.name == layer_name)
 
@@ -348,6 +353,21 @@ def plan_policy(
         )
         for index, phase in enumerate(policy.resolved_phases())
     ]
+
+
+def epoch_spans(plans: list[PhasePlan]) -> list[tuple[int, int]]:
+    """The epochs [first, end) of each phase, numbered across phases as both training loops number them
+    (an early stop ends a phase sooner; the next one still starts at its own first epoch).
+
+    >>> from types import SimpleNamespace as Plan
+    >>> epoch_spans([Plan(epoch_count=3), Plan(epoch_count=1), Plan(epoch_count=2)])
+    [(0, 3), (3, 4), (4, 6)]
+    """
+    spans, first = [], 0
+    for plan in plans:
+        spans.append((first, first + plan.epoch_count))
+        first += plan.epoch_count
+    return spans
 
 
 def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:

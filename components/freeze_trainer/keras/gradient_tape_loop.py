@@ -83,7 +83,7 @@ def train_with_gradient_tape(
     eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
     steps_per_epoch: int | None = None,
-    verbose: int = 2,
+    verbose: int = 1,
     optimizer: LayerRateAdam | None = None,
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
@@ -91,7 +91,8 @@ def train_with_gradient_tape(
     checkpoint_every_steps: int | None = None,
     task: Task = MULTICLASS,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
-    """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics."""
+    """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics.
+    `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
     strategy = strategy or tf.distribute.get_strategy()
 
     def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, trainable, batches: tf.data.Dataset,
@@ -103,34 +104,27 @@ def train_with_gradient_tape(
         steps = _Steps(phase_model, trainable, step_optimizer, strategy, jit_compile, task)
         batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
         distributed_eval = strategy.experimental_distribute_dataset(evaluation) if evaluation is not None else None
-        # Keras' ProgbarLogger would average the loop's running means again, as they are not the
-        # model's compiled metrics, so the loop drives a Progbar itself.
+        # No ProgbarLogger: it would average the loop's running means again. The phase's bar is in `extra`.
         callback_list = tf.keras.callbacks.CallbackList(
             [*callbacks, *extra], add_history=True, add_progbar=False, model=phase_model,
-            verbose=verbose, epochs=end_epoch, steps=per_epoch,
+            epochs=end_epoch, steps=per_epoch,
         )
         phase_model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
         for epoch in range(first, end_epoch):
             callback_list.on_epoch_begin(epoch)
-            if verbose:
-                print(f"Epoch {epoch + 1}/{end_epoch}")
-            progress = tf.keras.utils.Progbar(per_epoch, verbose=verbose, stateful_metrics=list(steps.results()))
             steps.reset()
             for step in range(per_epoch):
                 callback_list.on_train_batch_begin(step)
                 steps.train(next(batch_iterator))
                 callback_list.on_train_batch_end(step, steps.results())
-                if verbose == 1:
-                    progress.update(step + 1, list(steps.results().items()))
             logs = steps.results()
             if distributed_eval is not None:
                 steps.reset()
                 for batch in distributed_eval:
                     steps.evaluate(batch)
                 logs.update(steps.results("val_"))
-            progress.update(per_epoch, list(logs.items()), finalize=True)
             callback_list.on_epoch_end(epoch, logs)
             if phase_model.stop_training:
                 break
@@ -138,4 +132,4 @@ def train_with_gradient_tape(
         return logs
 
     return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
-                      checkpoint_every_steps)
+                      checkpoint_every_steps, verbose)

@@ -21,9 +21,10 @@ from absl import logging
 
 from freeze_trainer.keras.best_weights import BestWeights, RecordBest
 from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
-from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, policy_layers
+from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, epoch_spans, policy_layers
 from freeze_trainer.keras.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.phase_progress import PhaseProgress, phase_header
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
 from freeze_trainer.keras.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
@@ -113,12 +114,14 @@ def run_phases(
     steps_per_epoch: int | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
+    verbose: int = 1,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
 
     An epoch is `steps_per_epoch` batches (None: one pass over the training data; a `steps` phase is one
     epoch of that many). With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
-    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it."""
+    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it. Unless
+    `verbose` is 0, each phase prints a line and one progress bar over all its batches."""
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
@@ -131,9 +134,8 @@ def run_phases(
     if resumed.phase or resumed.position:
         logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, resumed.phase, resumed.position)
     checks = list(resumed.completed)
-    epoch, metrics = 0, {}
-    for index, plan in enumerate(plans):
-        end = epoch + (1 if plan.steps else plan.epochs)
+    metrics = {}
+    for index, (plan, (epoch, end)) in enumerate(zip(plans, epoch_spans(plans))):
         if index >= resumed.phase:
             position = resumed.position if index == resumed.phase else 0
             steps = plan.steps or steps_per_epoch or feed.epoch_batches
@@ -155,6 +157,9 @@ def run_phases(
                 extra.append(PhaseCheckpoint(checkpoints, progress, (end - epoch) * steps, checkpoint_every_steps or steps,
                                              epoch_batches=steps))
             data = feed.phase_data(model, plan)
+            if verbose:  # last: it reads an early stop the other callbacks may set at an epoch's end
+                header = phase_header(index + 1, len(plans), plan, steps, data.cached_features, position)
+                extra.append(PhaseProgress(header, (end - epoch) * steps, position))
             for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position):
                 metrics = train_phase(
                     optimizer, data.model, trainable, data.batches(start), data.eval, first, last, per_epoch, extra
@@ -179,7 +184,6 @@ def run_phases(
             raise_on_violation(check)
             if checkpoints:
                 checkpoints.save(Progress(index + 1, 0, {}, tuple(checks)))
-        epoch = end
     return checks, metrics
 
 

@@ -1,7 +1,7 @@
 """Draws phase plans: the model as a strip of its groups (width ∝ parameters), one row per phase,
 coloured by state and BatchNorm mode, with the learning rates written in. `freeze-policy plan --picture`.
 
-matplotlib is imported inside `draw_plan` only, and drives no GUI: the figure is a plain `Figure` on the
+matplotlib is imported inside `plan_figure` only, and drives no GUI: the figure is a plain `Figure` on the
 Agg canvas (SVG files go through matplotlib's SVG canvas), so it works headless and leaves pyplot's
 global state alone.
 """
@@ -20,6 +20,8 @@ _TOP_IN, _ROW_IN, _BOTTOM_IN = 0.9, 0.8, 1.1  # title and legend; one phase; the
 _LEFT_IN, _RIGHT_IN = 1.9, 0.3
 _MIN_SHARE = 0.004  # a group with (almost) no parameters still shows as a sliver of the strip
 _BAND = 0.28  # the BatchNorm band: this share of a row's height, along its bottom
+# SVG text stays text, and SVG ids are stable, so the same plan gives the same file.
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "freeze-policy-plan", "font.size": 8}
 
 STATE_COLOURS = {"frozen": "#c9ced6", "trainable": "#2f7fd1", "mixed": "#9dc3ea"}
 BATCHNORM_COLOURS = {"frozen": "#5d6670", "affine": "#f0a23b", "train": "#c8432f"}
@@ -54,12 +56,20 @@ def draw_plan(plans: list[PhasePlan], path: str, title: str | None = None) -> No
     """Writes the plans' picture to `path` (.png or .svg, by its suffix)."""
     check_picture_path(path)
     import matplotlib
+
+    with matplotlib.rc_context(_RC):  # the SVG settings apply when the file is written
+        plan_figure(plans, title).savefig(path, dpi=DPI, metadata={"Date": None} if path.lower().endswith(".svg") else None)
+
+
+def plan_figure(plans: list[PhasePlan], title: str | None = None):
+    """The plans' picture as a matplotlib `Figure` on the Agg canvas (the run report embeds it as PNG)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
     width_in, height_in = picture_size(len(plans))
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "freeze-policy-plan", "font.size": 8}):
+    with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(width_in, height_in), dpi=DPI)
         FigureCanvasAgg(figure)
         strip_in = width_in - _LEFT_IN - _RIGHT_IN
@@ -96,7 +106,7 @@ def draw_plan(plans: list[PhasePlan], path: str, title: str | None = None) -> No
                       bbox_to_anchor=(1 - _RIGHT_IN / width_in, 1 - 0.42 / height_in))
         figure.text(_LEFT_IN / width_in, 1 - 0.25 / height_in,
                     title or "freeze plan: one row per phase, width ∝ parameters", fontsize=10, va="center")
-        figure.savefig(path, dpi=DPI, metadata={"Date": None} if path.lower().endswith(".svg") else None)
+    return figure
 
 
 def _write_rate(axes, group: GroupState, start: float, share: float, width_in: float, y: float) -> None:

@@ -10,10 +10,16 @@ version is the stock one, the Unix second, raised above every version already th
 and raised again if another writer takes it first. The PushedModel is marked pushed only after the
 rename, when the version holds this model's saved_model.pb. A push removes the temporary folders of
 earlier pushes from this host whose process is gone (killed). Other destinations behave as stock.
+
+Given the Evaluator's `model_evaluation`, the Pusher also completes the trainer's run report
+(run_report.py) with TFMA's overall metrics and the blessing: into both pushed copies'
+`assets.extra/report.html`, or, for a model it does not push, into `report.html` in its PushedModel
+folder, so a rejected candidate's report is there too.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -21,14 +27,20 @@ import time
 from typing import Any
 
 from absl import logging
-from tfx.components.pusher.component import Pusher as StockPusher
+from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.pusher import executor as stock_executor
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 
+from freeze_trainer.tfx.run_report import REPORT_ASSET, REPORT_DATA_ASSET, overall_metrics, render_report, with_evaluation
+from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR
+
+MODEL_EVALUATION_KEY = "model_evaluation"
 TEMP_PREFIX = ".tmp-"
 _TEMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)-(.+)$")
 _RENAME_ATTEMPTS = 100
@@ -81,8 +93,18 @@ def _copy_model(model_path: str, destination: str) -> None:
         io_utils.copy_file(saved_model, os.path.join(destination, "saved_model.pb"))
 
 
-def push_to_filesystem(model_path: str, base_directory: str) -> tuple[str, str]:
-    """Copies the SavedModel at `model_path` to a new version under `base_directory`, atomically.
+def _write_files(folder: str, files: dict[str, str]) -> None:
+    for relative_path, text in files.items():
+        path = os.path.join(folder, relative_path)
+        fileio.makedirs(os.path.dirname(path))
+        with fileio.open(path, "w") as f:
+            f.write(text)
+
+
+def push_to_filesystem(model_path: str, base_directory: str, extra_files: dict[str, str] | None = None
+                       ) -> tuple[str, str]:
+    """Copies the SavedModel at `model_path` to a new version under `base_directory`, atomically, with
+    `extra_files` (path inside the model: text) written over the copy.
 
     Returns (serving path, version). The version folder appears only complete: it is renamed from a
     temporary folder once every file is copied."""
@@ -92,6 +114,7 @@ def push_to_filesystem(model_path: str, base_directory: str) -> tuple[str, str]:
     temporary = os.path.join(base_directory, f"{TEMP_PREFIX}{version}-{os.getpid()}-{_host()}")
     try:
         _copy_model(model_path, temporary)
+        _write_files(temporary, extra_files or {})
         for _ in range(_RENAME_ATTEMPTS):
             serving_path = os.path.join(base_directory, str(version))
             try:
@@ -131,18 +154,77 @@ class Executor(stock_executor.Executor):
 
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
-        if not self.CheckBlessing(input_dict):
-            self._MarkNotPushed(model_push)
-            return
+        blessed = self.CheckBlessing(input_dict)
         model_path = self.GetModelPath(input_dict)
+        report_page = self._completed_report(input_dict, model_path, blessed)
+        report_files = {os.path.join(EXTRA_ASSETS_DIR, REPORT_ASSET): report_page} if report_page else {}
+        if not blessed:
+            self._MarkNotPushed(model_push)
+            _write_files(model_push.uri, {REPORT_ASSET: report_page} if report_page else {})
+            return
         # The archive copy first, so the serving version appears last, just before the push is recorded.
         io_utils.copy_dir(model_path, model_push.uri)
-        serving_path, version = push_to_filesystem(model_path, fs_config.base_directory)
+        _write_files(model_push.uri, report_files)
+        serving_path, version = push_to_filesystem(model_path, fs_config.base_directory, report_files)
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
         logging.info("Model pushed to %s.", model_push.uri)
 
+    @staticmethod
+    def _completed_report(input_dict: dict[str, list], model_path: str, blessed: bool) -> str | None:
+        """The trainer's run report with the evaluation and the blessing; None when the model carries no
+        report data (a run_fn of its own) or no evaluation is given."""
+        data_path = os.path.join(model_path, EXTRA_ASSETS_DIR, REPORT_DATA_ASSET)
+        if not input_dict.get(MODEL_EVALUATION_KEY) or not fileio.exists(data_path):
+            return None
+        with fileio.open(data_path) as f:
+            data = json.load(f)
+        evaluation = artifact_utils.get_single_instance(input_dict[MODEL_EVALUATION_KEY])
+        blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
+        baseline = blessings[0].get_string_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY) if blessings else ""
+        return render_report(with_evaluation(data, overall_metrics(evaluation.uri), blessed, baseline or None))
 
-class Pusher(StockPusher):
-    """TFX's Pusher with the executor above: unique versions, atomic filesystem pushes."""
 
+class PusherSpec(standard_component_specs.PusherSpec):
+    """TFX's Pusher spec with the Evaluator's evaluation as an optional input, for the run report."""
+
+    INPUTS = {
+        **standard_component_specs.PusherSpec.INPUTS,
+        MODEL_EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
+    }
+
+
+class Pusher(base_component.BaseComponent):
+    """TFX's Pusher with the executor above: unique versions, atomic filesystem pushes, completed run reports.
+
+    Args:
+      model: A `Channel` of type `standard_artifacts.Model`, usually the trainer's `model` output.
+      model_blessing: A `Channel` of type `standard_artifacts.ModelBlessing`, usually the Evaluator's `blessing`.
+      push_destination: A `pusher_pb2.PushDestination`: where a blessed model goes.
+      model_evaluation: An optional `Channel` of type `standard_artifacts.ModelEvaluation`, the Evaluator's
+        `evaluation`: its overall metrics go into the pushed model's run report.
+      infra_blessing: An optional `Channel` of type `standard_artifacts.InfraBlessing`.
+      custom_config: An optional dict passed to the executor, as TFX's Pusher takes it.
+    """
+
+    SPEC_CLASS = PusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(
+        self,
+        model: types.BaseChannel,
+        model_blessing: types.BaseChannel | None = None,
+        push_destination: pusher_pb2.PushDestination | None = None,
+        model_evaluation: types.BaseChannel | None = None,
+        infra_blessing: types.BaseChannel | None = None,
+        custom_config: dict[str, Any] | None = None,
+    ):
+        super().__init__(spec=PusherSpec(
+            model=model,
+            model_blessing=model_blessing,
+            model_evaluation=model_evaluation,
+            infra_blessing=infra_blessing,
+            push_destination=push_destination,
+            custom_config=json_utils.dumps(custom_config),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+        ))

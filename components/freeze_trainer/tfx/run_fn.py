@@ -29,9 +29,11 @@ from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.training_curves import read_history
 from freeze_trainer.keras.training import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
 from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, trainer_config
+from freeze_trainer.tfx.run_report import HISTORY_FILE, REPORT_ASSET, REPORT_DATA_ASSET, render_report, report_data
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from freeze_trainer.tfx.trainer_model import build_from_config
@@ -177,6 +179,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     total_epochs = sum(plan.epochs or 0 for plan in plans)
     steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
     checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
+    # Appended epoch by epoch, so a retried attempt's curves keep the epochs of the attempt it resumes.
+    history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
     with strategy.scope(), feature_cache or contextlib.nullcontext():
         checks, metrics = train_with_proof(
             model,
@@ -185,7 +189,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             loop=config.training_loop,
             strategy=strategy,
             task=contract.task,
-            callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0)],
+            callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0),
+                       *([tf.keras.callbacks.CSVLogger(history_path, append=True)] if is_chief() else [])],
             steps_per_epoch=steps_per_epoch,
             optimizer=optimizer,
             jit_compile=config.jit_compile,
@@ -196,6 +201,12 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         )
     report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)
     logging.info("Freeze check passed for every phase: %s", report["phases"])
+    run_report = report_data(config, plans, report, read_history(history_path) if is_chief() else [],
+                             fn_args.model_run_dir)
+    report_page = render_report(run_report)
+    if is_chief():
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_ASSET), "w") as f:
+            f.write(report_page)
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
     raw_feature_spec = tft_output.raw_feature_spec() if tft_output else schema_utils.schema_as_feature_spec(
@@ -210,6 +221,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         extra_assets={
             FREEZE_POLICY_ASSET: config.freeze_policy.model_dump(mode="json", exclude_none=True),
             FREEZE_REPORT_ASSET: report,
+            REPORT_DATA_ASSET: run_report,
+            REPORT_ASSET: report_page,
         },
     )
     # Exported: the training checkpoints only served to resume this training, so they go (each holds the

@@ -108,7 +108,7 @@ def export_serving_model(
     config: TrainerConfig,
     raw_feature_spec: dict,
     export_dir: str,
-    extra_assets: dict[str, dict],
+    extra_assets: dict[str, dict | str],
 ) -> None:
     """Writes the SavedModel to a scratch folder and renames it into place: a failed export leaves
     no half-written model at `export_dir`."""
@@ -123,9 +123,9 @@ def export_serving_model(
     )
     extra_dir = os.path.join(partial, EXTRA_ASSETS_DIR)
     tf.io.gfile.makedirs(extra_dir)
-    for name, content in extra_assets.items():
+    for name, content in extra_assets.items():  # a dict as JSON, text as it is
         with tf.io.gfile.GFile(os.path.join(extra_dir, name), "w") as f:
-            json.dump(content, f, indent=2, sort_keys=True)
+            f.write(content if isinstance(content, str) else json.dumps(content, indent=2, sort_keys=True))
     tf.io.gfile.rename(partial, export_dir, overwrite=True)
 
 

@@ -1,0 +1,75 @@
+"""Training curves per phase: the loss and each metric by epoch, train and eval, with the phase boundaries.
+
+The trainer records every epoch's logs with Keras' `CSVLogger` (appending, so a resumed run keeps the
+epochs of the attempt before it); `read_history` reads the file back, and `curves_figure` draws it on
+the Agg canvas, headless, like plan_picture.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import tensorflow as tf
+
+from freeze_trainer.keras.freeze_plan import PhasePlan, epoch_spans
+
+DPI = 100
+PANEL_WIDTH_IN, HEIGHT_IN = 5.0, 3.4
+_PHASE_SHADES = ("#f2f5f9", "#ffffff")  # alternate phases, so each boundary shows
+
+
+def read_history(path: str) -> list[dict[str, float]]:
+    """The epochs `CSVLogger` wrote (any filesystem TensorFlow reads, as it writes), in order, one dict per
+    epoch (`epoch` from 0); none when it wrote nothing. An epoch written twice (a resumed run finishing an
+    interrupted epoch) keeps its last row."""
+    if not tf.io.gfile.exists(path):
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with tf.io.gfile.GFile(path) as f:
+        for row in csv.DictReader(f):
+            values = {key: float(value) for key, value in row.items() if value not in ("", None)}
+            rows[int(values["epoch"])] = values
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def curve_names(history: list[dict[str, float]]) -> list[str]:
+    """The trained quantities (the loss first), each drawn with its `val_` twin when there is one.
+
+    >>> curve_names([{"epoch": 0, "loss": 1.0, "val_loss": 1.2, "auc": 0.7, "val_auc": 0.6}])
+    ['loss', 'auc']
+    """
+    names = dict.fromkeys(key for row in history for key in row if key != "epoch" and not key.startswith("val_"))
+    return sorted(names, key=lambda name: name != "loss")
+
+
+def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
+    """One panel per curve (loss, then metrics), epochs from 1 along x; each phase a shaded band named at
+    the top. Returns a matplotlib `Figure` on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    names = curve_names(history)
+    figure = Figure(figsize=(PANEL_WIDTH_IN * max(len(names), 1), HEIGHT_IN), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    epochs = [row["epoch"] + 1 for row in history]
+    for axes, name in zip(figure.subplots(1, max(len(names), 1), squeeze=False)[0], names):
+        for index, (plan, (first, end)) in enumerate(zip(plans, epoch_spans(plans))):
+            axes.axvspan(first + 0.5, end + 0.5, color=_PHASE_SHADES[index % 2], zorder=0)
+            axes.text((first + end + 1) / 2, 1.0, f"{index + 1} {plan.phase.name}", transform=axes.get_xaxis_transform(),
+                      ha="center", va="bottom", fontsize=8, clip_on=False)
+            if index:
+                axes.axvline(first + 0.5, color="#8a9099", linewidth=0.8, linestyle="--")
+        for key, label, style in ((name, "train", "-"), (f"val_{name}", "eval", "--")):
+            points = [(epoch, row[key]) for epoch, row in zip(epochs, history)
+                      if key in row and math.isfinite(row[key])]
+            if points:
+                axes.plot(*zip(*points), style, marker="o", markersize=3, label=label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(name)
+        axes.set_xlim(0.5, max(epoch_spans(plans)[-1][1], len(epochs)) + 0.5)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, loc="best")
+    return figure

@@ -1,0 +1,89 @@
+"""The run report: one self-contained `report.html` per training run, for a person to read.
+
+The trainer renders it into its ModelRun and into the serving model's `assets.extra/`, from the report
+data it also stores there (`run_report.json`): the policy, the plan (text and picture), the training
+curves per phase, the proof table, the feature cache's use, the final training metrics. The Evaluator
+runs after the trainer, so the Pusher renders the same data again with TFMA's metrics and the blessing
+into the copies it pushes (pusher.py). Pictures are PNGs inside the page, as data: URIs, so the file
+opens anywhere by itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+from importlib import resources
+
+import jinja2
+
+from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.plan_picture import plan_figure
+from freeze_trainer.keras.plan_report import format_lr, format_plan_groups, phase_summary
+from freeze_trainer.keras.training_curves import curves_figure
+from freeze_trainer.tfx.trainer_config import TrainerConfig
+
+REPORT_ASSET = "report.html"
+REPORT_DATA_ASSET = "run_report.json"
+HISTORY_FILE = "training_history.csv"  # the trainer's CSVLogger, in the ModelRun
+_TEMPLATE = "report.html.jinja"
+_BOOKKEEPING = {"example_count", "weighted_example_count"}
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _feature_cache_use(config: TrainerConfig, plan: PhasePlan) -> str:
+    if config.feature_cache == "off":
+        return "off (feature_cache: off)"
+    if plan.caches_features:
+        return "the head trained on cached base features"
+    return f"not used: {plan.feature_cache_blocker}"
+
+
+def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: dict, history: list[dict],
+                tensorboard_logdir: str) -> dict:
+    """Everything the report shows, as JSON-ready data; `evaluation` stays None until the Pusher adds it."""
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "freeze_report": freeze_report,
+        "policy": config.freeze_policy.model_dump(mode="json", exclude_none=True),
+        "plan_text": format_plan_groups(plans),
+        "plan_png": _png(plan_figure(plans, f"{config.backbone}: one row per phase, width ∝ parameters")),
+        "curves_png": _png(curves_figure(history, plans)) if history else None,
+        "phases": [
+            {"summary": phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None),
+             "feature_cache": _feature_cache_use(config, plan)}
+            for number, plan in enumerate(plans, start=1)
+        ],
+        "tensorboard_logdir": tensorboard_logdir,
+        "evaluation": None,
+    }
+
+
+def overall_metrics(evaluation_uri: str) -> dict[str, float]:
+    """TFMA's overall (unsliced) metrics in an Evaluator's `evaluation` output, without example counts."""
+    import tensorflow_model_analysis as tfma  # only the Pusher and run summaries read evaluations
+
+    metrics = tfma.load_eval_result(evaluation_uri).slicing_metrics[0][1]
+    return {name: value["doubleValue"] for name, value in metrics[""][""].items()
+            if name not in _BOOKKEEPING and "doubleValue" in value}
+
+
+def with_evaluation(data: dict, metrics: dict[str, float], blessed: bool, baseline: str | None) -> dict:
+    """The report data with the Evaluator's overall metrics and the blessing (`baseline`: the model the
+    Evaluator compared against, None for the first model)."""
+    return {**data, "evaluation": {"metrics": metrics, "blessed": blessed, "baseline": baseline}}
+
+
+def render_report(data: dict) -> str:
+    """The report page: HTML with every picture inside it."""
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                                     lstrip_blocks=True)
+    environment.filters["lr"] = format_lr  # rates read as in `freeze-policy plan`
+    template = environment.from_string(resources.files(__package__).joinpath(_TEMPLATE).read_text())
+    return template.render(data=data, policy_json=json.dumps(data["policy"], indent=2))
