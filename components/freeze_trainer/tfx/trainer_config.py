@@ -77,9 +77,10 @@ class TrainerConfig(BaseModel):
     feature_cache: Literal["auto", "off"] = _parameter(
         "auto", "`auto` trains the head on base features computed once in phases whose whole base is frozen."
     )
-    # 256 MB holds the pooled features of ~50k examples at 1,280 floats; past that, the disk (page cache)
-    # serves them almost as fast, and the trainer's memory stops growing with the data (pipeline_scale.py).
-    feature_cache_memory_mb: PositiveInt = _parameter(256, "Cached features beyond this many MB go to disk.")
+    # Two of the cache's 64 MB pieces (the pooled features of ~26k examples at 1,280 floats); past that the
+    # disk (page cache) serves them as fast here, and the trainer's memory stops growing with the data
+    # (benchmarks/pipeline_scale.py).
+    feature_cache_memory_mb: PositiveInt = _parameter(128, "Cached features beyond this many MB go to disk.")
     checkpoint_every_steps: NonNegativeInt = _parameter(
         0, "Save a training checkpoint every N steps of a phase; 0: at every epoch's end."
     )
