@@ -3,7 +3,7 @@
 PYTHON ?= python3.10
 VENV := .venv
 STAMP := $(VENV)/.synced
-POLICY ?= kubeflow/policies/retrain_top_block.json
+POLICY ?= kubeflow/policies/head_then_top.json
 UV_VERSION := 0.13.9
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2

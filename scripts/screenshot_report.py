@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 
 import click
 
-WINDOW = (1280, 2600)  # wide enough for the report's tables, tall enough for a two-phase report
+REPORT_WINDOW = (1280, 4200)  # wide enough for the report's tables, tall enough for a two-phase report
+_SVG_SIZE = re.compile(r'<svg[^>]*\swidth="([\d.]+)pt"[^>]*\sheight="([\d.]+)pt"')
 
 
 def chromium() -> str:
@@ -28,8 +30,19 @@ def chromium() -> str:
     raise click.ClickException("no Chromium found: apt-get install -y chromium")
 
 
-def screenshot(page: str, png: str, window: tuple[int, int] = WINDOW) -> None:
-    """Renders `page` (an .html, .svg or .png file) into `png` with headless Chromium."""
+def window_for(page: str) -> tuple[int, int]:
+    """The report's window, or a picture's own size (matplotlib writes SVG sizes in points)."""
+    if page.lower().endswith(".svg"):
+        with open(page) as f:
+            size = _SVG_SIZE.search(f.read(4096))
+        if size:
+            return tuple(round(float(points) * 96 / 72) + 16 for points in size.groups())
+    return REPORT_WINDOW
+
+
+def screenshot(page: str, png: str) -> None:
+    """Renders `page` (an .html or .svg file) into `png` with headless Chromium."""
+    window = window_for(page)
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         # --no-sandbox: containers run as root, where Chromium's sandbox refuses to start.
         result = subprocess.run(

@@ -4,6 +4,7 @@ run (conftest.demo_run), parsed as HTML with every embedded picture decoded; and
 import base64
 import glob
 import io
+import json
 import os
 from html.parser import HTMLParser
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from freeze_trainer.keras.training_curves import curve_names, read_history
-from freeze_trainer.tfx.run_report import REPORT_ASSET
+from freeze_trainer.tfx.run_report import REPORT_ASSET, REPORT_DATA_ASSET
 from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR
 
 SECTIONS = {"policy", "plan", "curves", "proof", "feature-cache", "metrics", "evaluation"}
@@ -69,7 +70,7 @@ def test_both_reports_hold_every_section_and_their_pictures_decode(reports):
         assert len(page.images) == 2, path  # the plan and the curves
         plan, curves = map(_decoded, page.images)
         assert plan.width >= 1000 and curves.width >= 500
-        assert "passed" in page.text and '"base": true' in page.text  # the proof and the policy
+        assert "passed" in page.text and "- freeze: {base: true}" in page.text  # the proof and the policy
 
 
 def test_the_pushed_report_holds_the_evaluation_and_the_trainers_says_where_it_will_be(reports):
@@ -77,6 +78,8 @@ def test_the_pushed_report_holds_the_evaluation_and_the_trainers_says_where_it_w
     evaluation = _page(pushed_report).text.split("Evaluation (TFMA) and blessing")[1]
     assert evaluation.strip().startswith("Blessed , compared with no baseline (the first model).")
     assert "sparse_categorical_accuracy" in evaluation
+    with open(os.path.join(os.path.dirname(pushed_report), REPORT_DATA_ASSET)) as f:
+        assert json.load(f)["evaluation"]["blessed"] is True  # the data beside the page says the same
     assert "the Pusher writes" in _page(model_run_report).text
 
 

@@ -12,9 +12,9 @@ rename, when the version holds this model's saved_model.pb. A push removes the t
 earlier pushes from this host whose process is gone (killed). Other destinations behave as stock.
 
 Given the Evaluator's `model_evaluation`, the Pusher also completes the trainer's run report
-(run_report.py) with TFMA's overall metrics and the blessing: into both pushed copies'
-`assets.extra/report.html`, or, for a model it does not push, into `report.html` in its PushedModel
-folder, so a rejected candidate's report is there too.
+(run_report.py) with TFMA's overall metrics and the blessing: `report.html` and its data,
+`run_report.json`, into both pushed copies' `assets.extra/`, or, for a model it does not push, into
+its PushedModel folder, so a rejected candidate's report is there too.
 """
 
 from __future__ import annotations
@@ -156,12 +156,12 @@ class Executor(stock_executor.Executor):
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         blessed = self.CheckBlessing(input_dict)
         model_path = self.GetModelPath(input_dict)
-        report_page = self._completed_report(input_dict, model_path, blessed)
-        report_files = {os.path.join(EXTRA_ASSETS_DIR, REPORT_ASSET): report_page} if report_page else {}
+        report = self._completed_report(input_dict, model_path, blessed)
         if not blessed:
             self._MarkNotPushed(model_push)
-            _write_files(model_push.uri, {REPORT_ASSET: report_page} if report_page else {})
+            _write_files(model_push.uri, report)
             return
+        report_files = {os.path.join(EXTRA_ASSETS_DIR, name): text for name, text in report.items()}
         # The archive copy first, so the serving version appears last, just before the push is recorded.
         io_utils.copy_dir(model_path, model_push.uri)
         _write_files(model_push.uri, report_files)
@@ -170,19 +170,20 @@ class Executor(stock_executor.Executor):
         logging.info("Model pushed to %s.", model_push.uri)
 
     @staticmethod
-    def _completed_report(input_dict: dict[str, list], model_path: str, blessed: bool) -> str | None:
-        """The trainer's run report with the evaluation and the blessing; None when the model carries no
-        report data (a run_fn of its own) or no evaluation is given."""
+    def _completed_report(input_dict: dict[str, list], model_path: str, blessed: bool) -> dict[str, str]:
+        """The trainer's run report and its data with the evaluation and the blessing, by file name; none
+        when the model carries no report data (a run_fn of its own) or no evaluation is given."""
         data_path = os.path.join(model_path, EXTRA_ASSETS_DIR, REPORT_DATA_ASSET)
         if not input_dict.get(MODEL_EVALUATION_KEY) or not fileio.exists(data_path):
-            return None
+            return {}
         with fileio.open(data_path) as f:
             data = json.load(f)
         evaluation = artifact_utils.get_single_instance(input_dict[MODEL_EVALUATION_KEY])
         blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
         baseline = blessings[0].get_string_custom_property(
             evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY) if blessings else ""
-        return render_report(with_evaluation(data, overall_metrics(evaluation.uri), blessed, baseline or None))
+        data = with_evaluation(data, overall_metrics(evaluation.uri), blessed, baseline or None)
+        return {REPORT_ASSET: render_report(data), REPORT_DATA_ASSET: json.dumps(data, indent=2, sort_keys=True)}
 
 
 class PusherSpec(standard_component_specs.PusherSpec):
