@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from freeze_trainer.keras.training_curves import curve_names, read_history
-from freeze_trainer.tfx.run_report import REPORT_ASSET, REPORT_DATA_ASSET
+from freeze_trainer.tfx.run_report import CURVES_PICTURE, HISTORY_FILE, REPORT_ASSET, REPORT_DATA_ASSET
 from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR
 
 SECTIONS = {"policy", "plan", "curves", "proof", "feature-cache", "metrics", "evaluation"}
@@ -90,7 +90,11 @@ def test_the_summary_names_the_report_and_the_tensorboard_command(reports):
 
 
 def test_the_trainer_recorded_every_epoch_for_the_curves(reports):
-    history = read_history(os.path.join(os.path.dirname(reports[0]), "training_history.csv"))
+    model_run = os.path.dirname(reports[0])
+    with Image.open(os.path.join(model_run, CURVES_PICTURE)) as picture:
+        picture.load()
+        assert picture.format == "PNG" and picture.width >= 500
+    history = read_history(os.path.join(model_run, HISTORY_FILE))
     assert [row["epoch"] for row in history] == list(range(len(history))) and history
     assert curve_names(history)[0] == "loss" and len(curve_names(history)) == 2  # the loss and the task's metric
     assert all("val_loss" in row for row in history)

@@ -27,6 +27,7 @@ from freeze_trainer.tfx.trainer_config import TrainerConfig
 REPORT_ASSET = "report.html"
 REPORT_DATA_ASSET = "run_report.json"
 HISTORY_FILE = "training_history.csv"  # the trainer's CSVLogger, in the ModelRun
+CURVES_PICTURE = "training_curves.png"  # the report's curves, also on their own in the ModelRun
 _TEMPLATE = "report.html.jinja"
 _BOOKKEEPING = {"example_count", "weighted_example_count"}
 
