@@ -158,8 +158,12 @@ class ChildRun:
     returncode: int
     wall_seconds: float
     max_process_rss: int  # bytes: the largest single process of the tree (wait4's ru_maxrss)
-    peak_tree_rss: int  # bytes: the largest sampled sum over the child and all its descendants
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (Unix time, tree RSS bytes)
+
+    @property
+    def peak_tree_rss(self) -> int:
+        """Bytes: the largest sampled sum over the child and all its descendants."""
+        return max((rss for _, rss in self.rss_samples), default=0)
 
     @property
     def peak_bytes(self) -> int:
@@ -214,8 +218,7 @@ def run_child(name: str, command: list[str], output_dir: str, interval: float = 
         done.set()
         sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(name, output_dir, log_path, process.returncode, wall, usage.ru_maxrss * 1024,
-                    max((rss for _, rss in samples), default=0), samples)
+    return ChildRun(name, output_dir, log_path, process.returncode, wall, usage.ru_maxrss * 1024, samples)
 
 
 def _overrides_args(overrides: dict) -> list[str]:

@@ -53,8 +53,9 @@ class RunSummary:
         out += [f"  eval {name + ' (TFMA)':<27} {value:.4f}" for name, value in self.metrics.items()]
         out.append(f"  blessed: {self.blessed}   pushed to: {self.pushed_to or 'not pushed'}")
         out.append(f"  freeze check: {self.model_properties.get('freeze_check')}")
-        if self.report_path:
-            out.append(f"  report: {self.report_path}")
+        report_path = self.report_path  # looked up on disk: once
+        if report_path:
+            out.append(f"  report: {report_path}")
         if self.model_run_dir:
             out.append(f"  TensorBoard: tensorboard --logdir {self.model_run_dir}")
         return out

@@ -24,9 +24,9 @@ _SVG_SIZE = re.compile(r'<svg[^>]*\swidth="([\d.]+)pt"[^>]*\sheight="([\d.]+)pt"
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
+    for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")):
+        if path:
+            return path
     raise click.ClickException("no Chromium found: apt-get install -y chromium")
 
 

@@ -24,8 +24,10 @@ from typing import Iterator, TextIO
 import click
 from absl import logging as absl_logging
 
-VERBOSE_HELP = "Show everything on the terminal: TensorFlow's and the libraries' logs and warnings (logged anyway)."
-verbose_option = click.option("--verbose", is_flag=True, help=VERBOSE_HELP)
+# `--verbose`, as `verbose_option` decorates a command and as the option QuietCommand/QuietGroup add.
+_VERBOSE = {"is_flag": True,
+            "help": "Show everything on the terminal: TensorFlow's and the libraries' logs and warnings (logged anyway)."}
+verbose_option = click.option("--verbose", **_VERBOSE)
 
 # While a quiet terminal holds fd 2: a stream to the terminal's stderr, for our own messages.
 _terminal_stderr: TextIO | None = None
@@ -198,7 +200,7 @@ class _Quiet:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.params.append(click.Option(["--verbose"], is_flag=True, help=VERBOSE_HELP))
+        self.params.append(click.Option(["--verbose"], **_VERBOSE))
 
     def invoke(self, ctx: click.Context):
         with quiet_terminal(ctx.params.pop("verbose")):

@@ -51,11 +51,13 @@ def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
     from matplotlib.ticker import MaxNLocator
 
     names = curve_names(history)
-    figure = Figure(figsize=(PANEL_WIDTH_IN * max(len(names), 1), HEIGHT_IN), dpi=DPI, layout="constrained")
+    panels = max(len(names), 1)
+    figure = Figure(figsize=(PANEL_WIDTH_IN * panels, HEIGHT_IN), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     epochs = [row["epoch"] + 1 for row in history]
-    for axes, name in zip(figure.subplots(1, max(len(names), 1), squeeze=False)[0], names):
-        for index, (plan, (first, end)) in enumerate(zip(plans, epoch_spans(plans))):
+    spans = epoch_spans(plans)
+    for axes, name in zip(figure.subplots(1, panels, squeeze=False)[0], names):
+        for index, (plan, (first, end)) in enumerate(zip(plans, spans)):
             axes.axvspan(first + 0.5, end + 0.5, color=_PHASE_SHADES[index % 2], zorder=0)
             axes.text((first + end + 1) / 2, 1.0, f"{index + 1} {plan.phase.name}", transform=axes.get_xaxis_transform(),
                       ha="center", va="bottom", fontsize=8, clip_on=False)
@@ -69,7 +71,7 @@ def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(name)
-        axes.set_xlim(0.5, max(epoch_spans(plans)[-1][1], len(epochs)) + 0.5)
+        axes.set_xlim(0.5, max(spans[-1][1], len(epochs)) + 0.5)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8, loc="best")
     return figure

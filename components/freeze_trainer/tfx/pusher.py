@@ -95,10 +95,7 @@ def _copy_model(model_path: str, destination: str) -> None:
 
 def _write_files(folder: str, files: dict[str, str]) -> None:
     for relative_path, text in files.items():
-        path = os.path.join(folder, relative_path)
-        fileio.makedirs(os.path.dirname(path))
-        with fileio.open(path, "w") as f:
-            f.write(text)
+        io_utils.write_string_file(os.path.join(folder, relative_path), text)
 
 
 def push_to_filesystem(model_path: str, base_directory: str, extra_files: dict[str, str] | None = None
