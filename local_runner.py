@@ -33,11 +33,17 @@ from freeze_trainer.cli.terminal import TerminalLog, echo_error, quiet_terminal,
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
 from pipelines.demo_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
+from pipelines.model_options import ModelOptions
+from pipelines.pipeline_options import PipelineOptions
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 PIPELINE_NAME = "freeze-trainer-demo"
 LOCK_FILE = ".run.lock"
 EXIT_OUTPUT_DIR_BUSY = 75  # EX_TEMPFAIL: another run holds the output folder; try again later
+# The pipeline's options and defaults (PipelineOptions), but for the demo's data: its backbone's image size,
+# and a lower accuracy floor than the pipelines' 0.5, since the tiny demo backbone (MobileNetV2 alpha 0.35 at
+# 32 px, pretrained on digits 0-4) reaches only about 0.6 on digits 5-9 with its base frozen.
+PIPELINE_OPTIONS = ModelOptions(PipelineOptions, defaults={"image_size": IMAGE_SIZE, "accuracy_floor": 0.4})
 
 
 def lock_output_dir(output_dir: str) -> None:
@@ -119,23 +125,15 @@ def load_build_model(module_file: str):
               help="Pipeline root, ML Metadata store, data and pushed models go here.")
 @trainer_parameter_options(defaults={"backbone_weights": DEFAULT_BACKBONE_PATH},
                            aliases={"feature_key": "--image-key"})
-@click.option("--image-size", type=click.IntRange(8, 1024), default=IMAGE_SIZE, show_default=True,
-              help="Side of the square images the bundled Transform makes.")
+@PIPELINE_OPTIONS
 @click.option("--transform-module", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A module file with your own Transform preprocessing_fn; default: the bundled image one.")
 @click.option("--trainer-module", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A module file with a run_fn, or a build_model(config, contract) hook.")
-@click.option("--train-steps", type=int, default=None, help="train_args.num_steps: training steps in all.")
-@click.option("--eval-steps", type=int, default=None, help="eval_args.num_steps: evaluation batches.")
 @click.option("--hyperparameters", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A KerasTuner best-hyperparameters JSON file; the values it names override the trainer's.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
-@click.option("--accuracy-floor", type=float, default=0.4, show_default=True,
-              help="The Evaluator blesses only models at or above this eval accuracy.")
-@click.option("--retrain", is_flag=True,
-              help="Warm-start from the latest blessed model in --output-dir and push only if the candidate "
-                   "beats the gate against it; a rejected candidate is not an error (exit 0).")
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline argument (e.g. --direct_num_workers=4), instead of the defaults; repeatable.")
 @verbose_option
@@ -145,11 +143,12 @@ def main(verbose, **options):
         run_pipeline(log, **options)
 
 
-def run_pipeline(log: TerminalLog, output_dir, image_size, transform_module, trainer_module, train_steps, eval_steps,
-                 hyperparameters, data_root, sample, accuracy_floor, retrain, beam_args, **kwargs):
+def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module, hyperparameters, data_root, sample,
+                 beam_args, **kwargs):
+    options = PIPELINE_OPTIONS.validate(kwargs)
     parameters = pop_trainer_parameters(kwargs)
     parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
-    config = validated_config(image_size, trainer_module, **parameters)
+    config = validated_config(options.image_size, trainer_module, **parameters)
     if data_root:  # the user's data: checked before anything is written or any component runs
         from pipelines.data_checks import check_data_root
 
@@ -174,7 +173,8 @@ def run_pipeline(log: TerminalLog, output_dir, image_size, transform_module, tra
         os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME, os.path.join(output_dir, "pipeline_root"),
         run_fingerprint(config.parameter_values(), data_root or f"digits 5-9, sample {sample}",
                         [transform_module, trainer_module, hyperparameters, config.backbone_weights],
-                        image_size=image_size, train_steps=train_steps, eval_steps=eval_steps, retrain=retrain))
+                        image_size=options.image_size, train_steps=options.train_steps,
+                        eval_steps=options.eval_steps, retrain=options.retrain))
     data_root = data_root or write_digits_examples(os.path.join(output_dir, "data", "digits_5to9"), limit=sample)
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
     pipeline = create_pipeline(
@@ -182,16 +182,12 @@ def run_pipeline(log: TerminalLog, output_dir, image_size, transform_module, tra
         pipeline_root=os.path.join(output_dir, "pipeline_root"),
         data_root=data_root,
         serving_dir=os.path.join(output_dir, "serving"),
+        options=options,
         **config.parameter_values(),
-        image_size=image_size,
         transform_module_file=transform_module and os.path.abspath(transform_module),
         trainer_module_file=trainer_module and os.path.abspath(trainer_module),
-        train_steps=train_steps,
-        eval_steps=eval_steps,
         hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, output_dir, "hyperparameters"),
-        accuracy_floor=accuracy_floor,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
-        retrain=retrain,
         trainer_custom_config=trainer_resume,
         beam_pipeline_args=list(beam_args) or None,
     )
@@ -216,7 +212,7 @@ def run_pipeline(log: TerminalLog, output_dir, image_size, transform_module, tra
         )
     click.echo(f"  log: {log.path}")
     if not summary.pushed_to:
-        if retrain:  # the gate did its job: serving keeps the previously pushed model
+        if options.retrain:  # the gate did its job: serving keeps the previously pushed model
             click.echo("  retraining: the candidate was not blessed and was not pushed")
             return
         sys.exit("the model was not pushed")

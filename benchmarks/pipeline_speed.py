@@ -72,8 +72,6 @@ def run_stock_pipeline(output_dir: str, overrides: dict, beam_args: str, api: st
     if api == "v1":  # the public API the TFX tutorials and templates import; the same classes
         from tfx import v1 as _  # noqa: F401
 
-    import inspect
-
     from tfx.components import Evaluator, ImportExampleGen, Pusher, SchemaGen, StatisticsGen, Trainer, Transform
     from tfx.dsl.components.common.resolver import Resolver
     from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -84,13 +82,12 @@ def run_stock_pipeline(output_dir: str, overrides: dict, beam_args: str, api: st
     from tfx.types import Channel, standard_artifacts
 
     from pipelines.digits_data import write_digits_examples
-    from pipelines.freeze_pipeline import FAST_LOCAL_BEAM_ARGS, PREPROCESSING_FN, create_pipeline, eval_config
+    from pipelines.freeze_pipeline import FAST_LOCAL_BEAM_ARGS, PREPROCESSING_FN, eval_config
 
     defaults = _local_runner_defaults()
     config = {key: overrides[key] if overrides.get(key) is not None else defaults[key]
               for key in ("epochs", "learning_rate", "batch_size", "backbone_weights", "image_size",
-                          "accuracy_floor", "sample")}
-    config["max_accuracy_drop"] = inspect.signature(create_pipeline).parameters["max_accuracy_drop"].default
+                          "accuracy_floor", "max_accuracy_drop", "sample")}
     config["stock_beam_pipeline_args"] = list(FAST_LOCAL_BEAM_ARGS) if beam_args == "fast" else []
     config["stock_api"] = api
     with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:

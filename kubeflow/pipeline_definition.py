@@ -28,12 +28,9 @@ import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, TrainerConfig
+from pipelines.pipeline_options import PipelineOptions
 
 TRAINER_NODE_ID = "FreezeTrainer"
-# The pipeline parameters of every compiled spec, with their types: the data root and the per-run trainer
-# parameters of the table.
-PARAMETER_TYPES = {"data_root": str, **{p.name: p.pipeline_type for p in TRAINER_PARAMETERS if p.per_run}}
-PARAMETER_NAMES = tuple(PARAMETER_TYPES)
 
 # The Beam arguments of every task of a compiled spec (TFX's KubeflowV2DagRunner puts the pipeline's
 # beam_pipeline_args on every container; the Beam components, ImportExampleGen, StatisticsGen, Transform
@@ -55,15 +52,17 @@ class _Options(BaseModel):
 class TrainerResources(_Options):
     """Container resources of the trainer task (a GKE pod on KFP, a Vertex pipeline step)."""
 
-    cpu: PositiveFloat | None = None
-    memory_gb: PositiveFloat | None = None
-    accelerator_type: str | None = Field(None, description="e.g. NVIDIA_TESLA_T4 (Vertex) or nvidia.com/gpu (KFP)")
-    accelerator_count: int = Field(0, ge=0)
+    cpu: PositiveFloat | None = Field(None, description="Trainer task CPU limit (and request).")
+    memory_gb: PositiveFloat | None = Field(None, description="Trainer task memory limit (and request), GB.")
+    accelerator_type: str | None = Field(
+        None, description="Trainer task accelerator type, e.g. NVIDIA_TESLA_T4 (Vertex) or nvidia.com/gpu (KFP)."
+    )
+    accelerator_count: int = Field(0, ge=0, description="Trainer task accelerators.")
 
     @model_validator(mode="after")
     def _accelerator_pair(self) -> TrainerResources:
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
-            raise ValueError("set accelerator_type and accelerator_count together")
+            raise ValueError("set `accelerator_type` and `accelerator_count` together")
         return self
 
     def resource_spec(self):
@@ -90,10 +89,13 @@ class TrainerRetry(_Options):
     whose node was preempted). A retried attempt gets the same executor input, so it writes into the same
     ModelRun and resumes from the last checkpoint there (`run_fn`'s `<ModelRun>/checkpoints`)."""
 
-    retries: NonNegativeInt = Field(0, description="Retries after a failed attempt; 0: none")
-    backoff_seconds: NonNegativeInt = Field(60, description="Wait before the first retry")
-    backoff_factor: float = Field(2.0, ge=1.0, description="Each further wait is this much longer")
-    max_backoff_seconds: PositiveInt = Field(3600, le=3600, description="Longest wait (KFP caps it at an hour)")
+    retries: NonNegativeInt = Field(
+        0, description="Retries of a failed trainer task (a preempted node, say); a retry resumes from the last "
+                       "checkpoint of the same ModelRun."
+    )
+    backoff_seconds: NonNegativeInt = Field(60, description="Seconds before the first retry.")
+    backoff_factor: float = Field(2.0, ge=1.0, description="Each further wait is this many times longer.")
+    max_backoff_seconds: PositiveInt = Field(3600, le=3600, description="Longest wait, seconds (KFP caps it at an hour).")
 
     def retry_policy(self) -> dict | None:
         """`PipelineTaskSpec.retryPolicy` as the compiled JSON carries it, or None without retries. Built
@@ -116,9 +118,11 @@ class DataflowOptions(_Options):
     """Runs the Beam components on Dataflow, with the pipeline image as the workers' SDK container, so the
     workers import the Transform function and the trainer code from the same install as the tasks."""
 
-    project: str = Field(..., min_length=1)
-    region: str = Field(..., min_length=1)
-    temp_location: str = Field(..., pattern=r"^gs://.+", description="gs:// folder for Dataflow's temp files")
+    project: str = Field(..., min_length=1, description="With --beam-preset dataflow: the Dataflow project.")
+    region: str = Field(..., min_length=1, description="With --beam-preset dataflow: the Dataflow region.")
+    temp_location: str = Field(
+        ..., pattern=r"^gs://.+", description="With --beam-preset dataflow: a gs:// folder for Dataflow's temp files."
+    )
 
     def beam_args(self, image: str) -> tuple[str, ...]:
         return (
@@ -136,21 +140,22 @@ class DataflowOptions(_Options):
 class VertexTraining(_Options):
     """Runs training as a Vertex AI custom job (TFX's Vertex Trainer extension) instead of in the task."""
 
-    project: str = Field(..., min_length=1)
-    region: str = Field(..., min_length=1)
-    machine_type: str = "n1-standard-8"
-    accelerator_type: str | None = Field(None, description="e.g. NVIDIA_TESLA_T4, NVIDIA_L4")
-    accelerator_count: int = Field(0, ge=0)
-    worker_replicas: int = Field(
-        0, ge=0,
-        description="Workers besides the chief, in a second pool of the same machines. Vertex gives every replica "
-                    "its TF_CONFIG (chief and workers), so run_fn trains under MultiWorkerMirroredStrategy.",
+    project: str = Field(
+        ..., min_length=1,
+        description="Run training as a Vertex custom job in this project (TFX Vertex Trainer extension).",
     )
+    region: str = Field("us-central1", min_length=1, description="The custom job's region.")
+    machine_type: str = Field("n1-standard-8", description="The custom job's machine type.")
+    accelerator_type: str | None = Field(None, description="The custom job's accelerator, e.g. NVIDIA_TESLA_T4.")
+    accelerator_count: int = Field(0, ge=0, description="Accelerators per machine.")
+    # Vertex gives every replica its TF_CONFIG (chief and workers), so run_fn trains under
+    # MultiWorkerMirroredStrategy.
+    worker_replicas: int = Field(0, ge=0, description="Workers besides the chief, in a second pool of the same machines.")
 
     @model_validator(mode="after")
     def _check(self) -> VertexTraining:
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
-            raise ValueError("set accelerator_type and accelerator_count together")
+            raise ValueError("set `accelerator_type` and `accelerator_count` together")
         return self
 
     def worker_pool_specs(self, image: str) -> list[dict]:
@@ -180,25 +185,35 @@ class VertexTraining(_Options):
         }
 
 
-class CompileOptions(_Options):
-    image: str = Field(..., min_length=1, description="The pipeline image (kubeflow/Dockerfile)")
-    pipeline_root: str = Field(..., min_length=1)
-    serving_dir: str = Field(..., min_length=1, description="The Pusher's filesystem destination")
-    pipeline_name: str = "freeze-trainer"
-    data_root: str = Field(..., min_length=1, description="Default of the data_root pipeline parameter")
+def _per_run(default: Any = ..., **field: Any) -> Any:
+    """A field that is also a pipeline parameter of the compiled spec (its value: the parameter's default)."""
+    return Field(default, json_schema_extra={"per_run": True}, **field)
+
+
+class CompileOptions(PipelineOptions):
+    """Everything a compiled spec fixes: the pipeline's parameters (`PipelineOptions`), the trainer's (the
+    table) and where and how it runs. `kubeflow.compile_pipeline`'s flags are generated from it."""
+
+    image: str = Field(..., min_length=1, description="Pipeline image built from kubeflow/Dockerfile, e.g. "
+                                                      "us-docker.pkg.dev/P/R/freeze-trainer:TAG.")
+    pipeline_root: str = Field(..., min_length=1, description="Artifact root, e.g. gs://BUCKET/freeze-trainer/root.")
+    serving_dir: str = Field(..., min_length=1, description="Where the Pusher writes blessed models.")
+    pipeline_name: str = Field("freeze-trainer", min_length=1, description="The pipeline's name.")
+    data_root: str = _per_run(min_length=1, description="Default of the data_root parameter: a folder of TFRecord "
+                                                        "tf.Examples.")
     # The trainer's parameters: defaults of the per-run ones, values of the compile-time ones. Keyword
     # arguments named like the table's parameters (epochs=3, ...) are collected into it.
     trainer: TrainerConfig = TrainerConfig()
-    image_size: PositiveInt = 224
-    train_steps: PositiveInt | None = Field(None, description="train_args.num_steps: training steps in all")
-    eval_steps: PositiveInt | None = Field(None, description="eval_args.num_steps: evaluation batches")
-    accuracy_floor: float = Field(0.5, ge=0.0, le=1.0)
-    max_accuracy_drop: float = Field(0.02, ge=0.0)
-    retrain: bool = False
-    enable_cache: bool = False
-    beam_preset: BeamPreset = "multi_processing"
-    dataflow: DataflowOptions | None = Field(None, description="With beam_preset dataflow")
-    beam_pipeline_args: tuple[str, ...] | None = Field(None, description="Added after the preset's (and win)")
+    enable_cache: bool = Field(False, description="Compile-time task caching (scheduled runs turn it off anyway).")
+    beam_preset: BeamPreset = Field(
+        "multi_processing",
+        description="Beam arguments of every task: DirectRunner with a process per core, one in-process worker, or "
+                    "Dataflow with the pipeline image as the workers' SDK container.",
+    )
+    dataflow: DataflowOptions | None = None  # with beam_preset dataflow
+    beam_pipeline_args: tuple[str, ...] = Field(
+        (), description="A Beam pipeline argument, after the preset's (a later one wins); repeatable."
+    )
     trainer_resources: TrainerResources = TrainerResources()
     trainer_retry: TrainerRetry = TrainerRetry()
     vertex_training: VertexTraining | None = None
@@ -218,9 +233,10 @@ class CompileOptions(_Options):
     @model_validator(mode="after")
     def _dataflow_with_its_preset(self) -> CompileOptions:
         if self.beam_preset == "dataflow" and self.dataflow is None:
-            raise ValueError("beam_preset dataflow needs the dataflow project, region and temp_location")
+            raise ValueError("`beam_preset` dataflow needs `dataflow.project`, `dataflow.region` and "
+                             "`dataflow.temp_location`")
         if self.beam_preset != "dataflow" and self.dataflow is not None:
-            raise ValueError(f"dataflow options need beam_preset dataflow, not {self.beam_preset!r}")
+            raise ValueError(f"the dataflow options need `beam_preset` dataflow, not {self.beam_preset!r}")
         return self
 
     def beam_args(self) -> tuple[str, ...]:
@@ -234,13 +250,24 @@ class CompileOptions(_Options):
         if workers and self.trainer.distribution not in ("auto", "multi_worker"):
             # Under a single-machine strategy each replica would train its own model and only the chief's
             # would be kept: the workers' machines would be paid for and wasted.
-            raise ValueError(f"vertex worker_replicas={workers} needs distribution auto or multi_worker, "
+            raise ValueError(f"`vertex_training.worker_replicas`={workers} needs distribution auto or multi_worker, "
                              f"not {self.trainer.distribution!r}")
         return self
 
 
+# The pipeline parameters of every compiled spec, with their types: the compile options marked per run (the
+# data root) and the per-run trainer parameters of the table.
+_PER_RUN_OPTIONS = tuple(name for name, field in CompileOptions.model_fields.items()
+                         if (field.json_schema_extra or {}).get("per_run"))
+PARAMETER_TYPES = {
+    **{name: CompileOptions.model_fields[name].annotation for name in _PER_RUN_OPTIONS},
+    **{p.name: p.pipeline_type for p in TRAINER_PARAMETERS if p.per_run},
+}
+PARAMETER_NAMES = tuple(PARAMETER_TYPES)
+
+
 def parameter_defaults(options: CompileOptions) -> dict[str, Any]:
-    values = {"data_root": options.data_root, **options.trainer.parameter_values()}
+    values = {**{name: getattr(options, name) for name in _PER_RUN_OPTIONS}, **options.trainer.parameter_values()}
     return {name: values[name] for name in PARAMETER_NAMES}
 
 
@@ -269,14 +296,9 @@ def build_pipeline(options: CompileOptions):
         pipeline_name=options.pipeline_name,
         pipeline_root=options.pipeline_root,
         serving_dir=options.serving_dir,
-        image_size=options.image_size,
-        train_steps=options.train_steps,
-        eval_steps=options.eval_steps,
-        accuracy_floor=options.accuracy_floor,
-        max_accuracy_drop=options.max_accuracy_drop,
+        options=options,
         beam_pipeline_args=list(options.beam_args()),
         enable_cache=options.enable_cache,
-        retrain=options.retrain,
         trainer_class=trainer_class,
         trainer_custom_config=trainer_custom_config,
         # Compile-time parameters as values, per-run ones (and data_root) as RuntimeParameters.

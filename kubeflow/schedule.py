@@ -23,15 +23,12 @@ import click
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from freeze_trainer.cli.terminal import QuietGroup
 
-from kubeflow.submission import (  # noqa: F401  (parameter_values, read_pipeline_spec: this module's API before)
+from kubeflow.submission import (
     checked_values,
-    declared_parameters,
     dry_run_option,
     echo_request,
     param_option,
-    parameter_values,
     policy_option,
-    read_pipeline_spec,
     vertex_job_request,
     vertex_pipeline_job,
 )

@@ -56,10 +56,6 @@ def read_pipeline_spec(path: str) -> dict:
     return document.get("pipelineSpec", document)
 
 
-def declared_parameters(path: str) -> dict[str, dict]:
-    return read_pipeline_spec(path)["root"]["inputDefinitions"]["parameters"]
-
-
 def _typed(name: str, text: Any, kind: type) -> Any:
     if isinstance(text, kind) and not (kind is not bool and isinstance(text, bool)):
         return text

@@ -25,6 +25,7 @@ from tfx.types import Channel, standard_artifacts
 from freeze_trainer import FreezeTrainer
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from freeze_trainer.tfx.pusher import Pusher  # unique versions, atomic filesystem pushes
+from pipelines.pipeline_options import PipelineOptions
 
 PREPROCESSING_FN = "freeze_trainer.tfx.image_transform.preprocessing_fn"
 
@@ -95,32 +96,26 @@ def create_pipeline(
     pipeline_root: str,
     data_root: Any,
     serving_dir: str,
-    image_size: int = 224,
-    accuracy_floor: float = 0.5,
-    max_accuracy_drop: float = 0.02,
+    options: PipelineOptions = PipelineOptions(),
     metadata_connection_config=None,
     beam_pipeline_args: list[str] | None = None,
     enable_cache: bool = False,
-    retrain: bool = False,
     trainer_class: type[FreezeTrainer] = FreezeTrainer,
     trainer_custom_config: dict | None = None,
     transform_module_file: str | None = None,
     trainer_module_file: str | None = None,
-    train_steps: Any = None,
-    eval_steps: Any = None,
     hyperparameters_uri: str | None = None,
     **trainer_parameters: Any,
 ) -> pipeline.Pipeline:
-    """`trainer_parameters` are FreezeTrainer's (the parameter table: `freeze_policy`, `epochs`, ...), values
-    or RuntimeParameters. `trainer_class` and `trainer_custom_config` let a runner swap in a FreezeTrainer
-    subclass, e.g. the Vertex custom-job trainer of `freeze_trainer.tfx.vertex_trainer`, with its job
-    arguments. `transform_module_file` holds the user's own `preprocessing_fn` (default: the bundled image
-    one, which reads the `feature_key` and `label_key` parameters); `trainer_module_file` a `run_fn` or a
-    `build_model` hook. `train_steps` and `eval_steps` are the Trainer's `train_args`/`eval_args`
-    `num_steps`: training steps in all, and evaluation batches. `hyperparameters_uri`, a folder holding one
-    KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is imported and
-    overrides the trainer parameters it names. `accuracy_floor` bounds the gate metric of
-    the trainer's `task` (accuracy; AUC for binary; a ceiling on MSE for regression)."""
+    """`options` are the pipeline's own parameters (image size, train/eval steps, the Evaluator's gate,
+    retraining: `PipelineOptions`); `trainer_parameters` are FreezeTrainer's (the parameter table:
+    `freeze_policy`, `epochs`, ...), values or RuntimeParameters. `trainer_class` and `trainer_custom_config`
+    let a runner swap in a FreezeTrainer subclass, e.g. the Vertex custom-job trainer of
+    `freeze_trainer.tfx.vertex_trainer`, with its job arguments. `transform_module_file` holds the user's own
+    `preprocessing_fn` (default: the bundled image one, which reads the `feature_key` and `label_key`
+    parameters); `trainer_module_file` a `run_fn` or a `build_model` hook. `hyperparameters_uri`, a folder
+    holding one KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is
+    imported and overrides the trainer parameters it names."""
     task, feature_key, label_key = (_fixed(trainer_parameters, name) for name in ("task", "feature_key", "label_key"))
     transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or f"{label_key}_xf"
     example_gen = ImportExampleGen(input_base=data_root)
@@ -135,7 +130,7 @@ def create_pipeline(
             # seen only in the eval split has an index instead of crashing the trainer with label -1.
             "splits_config": transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"]),
         }),
-        custom_config={"image_size": image_size, "feature_key": feature_key, "label_key": label_key},
+        custom_config={"image_size": options.image_size, "feature_key": feature_key, "label_key": label_key},
         # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
         # statistics would be a second and third pass over every image.
         disable_statistics=True,
@@ -153,18 +148,18 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
-        base_model=model_resolver.outputs["model"] if retrain else None,
+        base_model=model_resolver.outputs["model"] if options.retrain else None,
         hyperparameters=hyperparameters.outputs["result"] if hyperparameters else None,
         custom_config=trainer_custom_config,
         module_file=trainer_module_file,
-        train_args=trainer_pb2.TrainArgs(num_steps=train_steps) if train_steps else None,
-        eval_args=trainer_pb2.EvalArgs(num_steps=eval_steps) if eval_steps else None,
+        train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,
+        eval_args=trainer_pb2.EvalArgs(num_steps=options.eval_steps) if options.eval_steps else None,
     )
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(task, transformed_label_key, accuracy_floor, max_accuracy_drop),
+        eval_config=eval_config(task, transformed_label_key, options.accuracy_floor, options.max_accuracy_drop),
     )
     pusher = Pusher(
         model=trainer.outputs["model"],

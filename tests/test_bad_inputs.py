@@ -311,8 +311,9 @@ def test_a_weights_file_that_does_not_fit_fails_at_start_up_in_one_line(tmp_path
 
 def test_the_bundled_transform_builds_the_label_vocabulary_over_both_splits():
     from pipelines.freeze_pipeline import create_pipeline
+    from pipelines.pipeline_options import PipelineOptions
 
-    pipeline = create_pipeline("p", "/tmp/never-written", "/tmp/data", "/tmp/serving", image_size=32)
+    pipeline = create_pipeline("p", "/tmp/never-written", "/tmp/data", "/tmp/serving", PipelineOptions(image_size=32))
     (transform,) = [node for node in pipeline.components if node.id == "Transform"]
     splits = json.loads(transform.exec_properties["splits_config"])
     assert splits == {"analyze": ["train", "eval"], "transform": ["train", "eval"]}

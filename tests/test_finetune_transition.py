@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from freeze_trainer.keras.classifier_model import backbone_of, build_classifier
 from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import newly_trainable, plan_policy
+from freeze_trainer.keras.freeze_plan import plan_policy
 from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.phase_runner import build_phase_optimizer, newly_trainable_variables
 from freeze_trainer.keras.plan_report import format_plan
 from freeze_trainer.policy.freeze_policy import PolicyError, Warmup, parse_policy, policy_from_dict
 from tests.model_builders import SHAPE, random_images
@@ -400,8 +400,10 @@ def test_plan_text_and_report_show_the_transition():
         {"name": "head", "epochs": 1, "rules": [FREEZE_BASE]},
         {"name": "top", "epochs": 2, "warmup_epochs": 1, "restore_best": True, "rules": [FREEZE_BASE, UNFREEZE_B]},
     ))
-    plans = plan_policy(policy, _tiny(), 1e-2, 1)
-    assert newly_trainable(plans, 1) == ["conv_b"]
+    model = _tiny()
+    plans = plan_policy(policy, model, 1e-2, 1)
+    # What the warm-up ramps and `reset_new` starts fresh: conv_b's variables, not the head's (trained before).
+    assert sorted(v.name for v in newly_trainable_variables(model, plans, 1)) == ["conv_b/bias:0", "conv_b/kernel:0"]
     lines = [line for line in format_plan(plans) if line.startswith("phase ")]
     assert "optimizer state" not in lines[0]
     assert ("; optimizer state reset (every variable starts a fresh Adam); 1 newly trainable "

@@ -21,7 +21,7 @@ from kubeflow.pipeline_definition import (
     compile_pipeline,
     parameter_defaults,
 )
-from kubeflow.submission import Refused
+from kubeflow.submission import Refused, parameter_values
 from tests.conftest import REPO_ROOT
 from tests.kfp_task_launch import load_pipeline_spec
 
@@ -186,7 +186,7 @@ def test_the_default_beam_preset_is_multi_processing_on_every_beam_task(compiled
 def test_vertex_pipeline_job_from_the_compiled_file_carries_overrides_offline(compiled):
     policy_text = open(TOP_BLOCK_POLICY_FILE).read()
     # plan=False: planning against the compiled model is tests/test_kubeflow_submission.py's subject.
-    values = schedule.parameter_values(compiled["json"], {"freeze_policy": policy_text, "epochs": "3"}, plan=False)
+    values = parameter_values(compiled["json"], {"freeze_policy": policy_text, "epochs": "3"}, plan=False)
     job = schedule.vertex_pipeline_job(
         compiled["json"], "retraining", "example-project", "europe-west4", values,
         pipeline_root="gs://other-bucket/root", credentials=AnonymousCredentials(),
@@ -205,13 +205,13 @@ def test_schedule_arguments_are_checked_against_the_compiled_spec(compiled):
     import click
 
     with pytest.raises(Refused, match="not a parameter"):
-        schedule.parameter_values(compiled["yaml"], {"steps": "100"})
+        parameter_values(compiled["yaml"], {"steps": "100"})
     with pytest.raises(Refused, match="epochs: 'three' is not an int"):
-        schedule.parameter_values(compiled["yaml"], {"epochs": "three"})
+        parameter_values(compiled["yaml"], {"epochs": "three"})
     with pytest.raises(Refused, match=r"rules\[0\]"):
-        schedule.parameter_values(compiled["yaml"], {"freeze_policy": '{"version": 1, "rules": [{"frezee": {}}]}'})
+        parameter_values(compiled["yaml"], {"freeze_policy": '{"version": 1, "rules": [{"frezee": {}}]}'})
     with pytest.raises(Refused, match="training_loop"):
-        schedule.parameter_values(compiled["yaml"], {"training_loop": "keras_3"})
+        parameter_values(compiled["yaml"], {"training_loop": "keras_3"})
     arguments = schedule.kfp_recurring_run_arguments(
         compiled["yaml"], "nightly", "experiment-id", "0 3 * * *", {"epochs": 3}
     )
@@ -326,11 +326,21 @@ def test_compile_command_resource_worker_retry_and_dataflow_flags_land_in_the_sp
     assert [pool["replica_count"] for pool in pools] == [1, 3]
     assert all(pool["machine_spec"]["accelerator_type"] == "NVIDIA_L4" for pool in pools)
 
-    # Dataflow needs its three flags, and its flags need the dataflow preset; nothing is written then.
-    for flags, message in ((dataflow[:4], "--dataflow-temp-location"),
-                           (dataflow[2:], "need --beam-preset dataflow")):
+    # The options model's checks, each one line naming the flag; nothing is written then.
+    for flags, message in (
+        (dataflow[:2], "--beam-preset dataflow needs --dataflow-project, --dataflow-region and "
+                       "--dataflow-temp-location"),
+        (dataflow[:4], "--dataflow-region: Field required"),
+        (dataflow[2:], "the dataflow options need --beam-preset dataflow, not 'multi_processing'"),
+        (["--vertex-region", "europe-west4"], "--vertex-training-project: Field required"),
+        (["--trainer-accelerator", "nvidia.com/gpu"],
+         "set --trainer-accelerator and --trainer-accelerator-count together"),
+        (["--vertex-training-project", "p", "--vertex-worker-replicas", "1", "--distribution", "mirrored"],
+         "--vertex-worker-replicas=1 needs distribution auto or multi_worker"),
+        (["--image-size", "10000"], "'--image-size': 10000 is not in the range 8<=x<=1024"),
+    ):
         refused = CliRunner().invoke(compile_cli.main, ["--output", str(tmp_path / "bad.yaml"), *common, *flags])
-        assert refused.exit_code == 2 and message in refused.output, refused.output
+        assert refused.exit_code == 2 and message in " ".join(refused.output.split()), refused.output
     assert not (tmp_path / "bad.yaml").exists()
 
 

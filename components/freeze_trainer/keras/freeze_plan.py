@@ -376,11 +376,3 @@ def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:
     backbone, head = policy_layers(model)
     for layer in backbone + head:
         layer.trainable = plan.is_trainable(layer.name)
-
-
-def newly_trainable(plans: list[PhasePlan], index: int) -> list[str]:
-    """The layers that train in phase `index` but did not in the phase before (every trainable layer of
-    the first phase): what `optimizer_state: reset_new` starts fresh and a warm-up ramps up."""
-    previous = plans[index - 1].trainable_layers() if index else set()
-    current = plans[index].trainable_layers()
-    return [state.name for state in plans[index].layers if state.name in current and state.name not in previous]

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from freeze_trainer.policy.validation import first_error
 
-POLICY_VERSION = 1
 # Bounds that keep a policy document cheap to read: a YAML alias bomb or deep nesting fails fast.
 MAX_POLICY_BYTES = 64 * 1024
 MAX_POLICY_DEPTH = 32
