@@ -283,7 +283,7 @@ def test_multi_worker_vertex_training_gets_a_chief_pool_and_a_worker_pool():
     assert chief["container_spec"] == workers["container_spec"] == {"image_uri": IMAGE}
     assert chief["machine_spec"] is not workers["machine_spec"]  # TFX's Vertex client edits pools in place
     # Single-machine strategies would leave every replica training a model of its own.
-    with pytest.raises(ValueError, match="worker_replicas=2 needs distribution"):
+    with pytest.raises(ValueError, match="worker_replicas`=2 needs distribution"):
         CompileOptions.model_validate({**OPTIONS.model_dump(), "distribution": "mirrored", "vertex_training": vertex})
 
 

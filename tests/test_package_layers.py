@@ -3,6 +3,7 @@ and one parameter table that every way of running the trainer reaches."""
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -83,3 +84,19 @@ def test_the_readme_parameter_table_is_the_table():
         readme = f.read()
     assert parameter_table_markdown() in readme
     assert readme.count("| `") >= len(TRAINER_PARAMETERS)
+
+
+def _listed_run_parameters(text: str) -> list[str]:
+    """The names of a README's "Run parameters (...): `a`, `b`, ..." sentence, in order."""
+    listed = re.search(r"Run parameters \([^)]*\):\s(.*?)\.\s", text, re.DOTALL)
+    return re.findall(r"`(\w+)`", listed.group(1))
+
+
+@pytest.mark.parametrize("readme", ["README.md", "kubeflow/README.md"])
+def test_the_readme_run_parameter_list_is_the_compiled_pipelines(readme):
+    """The run parameters the READMEs list are the runtime parameters of every compiled spec (which
+    tests/test_kubeflow_compile.py reads back from one)."""
+    from kubeflow.pipeline_definition import PARAMETER_NAMES
+
+    with open(os.path.join(REPO_ROOT, readme)) as f:
+        assert _listed_run_parameters(f.read()) == list(PARAMETER_NAMES)
