@@ -15,7 +15,6 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
-import annotated_types
 import click
 import pydantic
 from pydantic import BaseModel
@@ -29,7 +28,7 @@ def _without_none(annotation: Any) -> tuple[Any, bool]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         if len(args) == 1:
-            return args[0], len(args) < len(typing.get_args(annotation))
+            return args[0], True
     return annotation, False
 
 
@@ -52,11 +51,9 @@ def _click_type(field: FieldInfo) -> tuple[Any, bool]:
     if kind is bool:
         return None, False
     if kind in (int, float):
-        bounds = {}
-        for item in metadata:
-            for name in ("ge", "gt", "le", "lt"):
-                if isinstance(item, getattr(annotated_types, name.capitalize())):
-                    bounds[name] = getattr(item, name)
+        # pydantic keeps `ge=0` as annotated_types' Ge(ge=0), `PositiveInt`'s as Gt(gt=0).
+        bounds = {name: getattr(item, name) for item in metadata for name in ("ge", "gt", "le", "lt")
+                  if getattr(item, name, None) is not None}
         if bounds:  # the field's bounds, so `--image-size 10000` is refused with the range
             kind_range = click.IntRange if kind is int else click.FloatRange
             return kind_range(min=bounds.get("ge", bounds.get("gt")), max=bounds.get("le", bounds.get("lt")),

@@ -63,6 +63,21 @@ def test_every_parameter_reaches_the_local_runner_and_a_compiled_pipeline():
     assert not unreachable
 
 
+def test_the_pipeline_options_and_their_defaults_are_declared_once():
+    """Every PipelineOptions field is an option of the local runner and a flag of the compiler, with the
+    model's default; the demo changes only the two it names (its image size and accuracy floor)."""
+    import local_runner
+    from kubeflow import compile_pipeline as compile_cli
+    from pipelines.demo_backbone import IMAGE_SIZE
+    from pipelines.pipeline_options import PipelineOptions
+
+    runner = {param.name: param.default for param in local_runner.main.params}
+    compiler = {param.name: param.default for param in compile_cli.main.params}
+    defaults = PipelineOptions().model_dump()
+    assert {name: compiler[name] for name in defaults} == defaults
+    assert {name: runner[name] for name in defaults} == {**defaults, "image_size": IMAGE_SIZE, "accuracy_floor": 0.4}
+
+
 def test_the_component_spec_and_signature_come_from_the_table():
     import inspect
 
