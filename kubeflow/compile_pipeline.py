@@ -6,9 +6,11 @@
     # Kubeflow Pipelines 2: a PipelineSpec (.yaml)
     python -m kubeflow.compile_pipeline --output pipeline.yaml --image IMAGE ... (same flags)
 
-The output's extension picks the format. Pipeline parameters (changeable per run without recompiling): the
-data root and every trainer parameter the parameter table marks per-run; the `--freeze-policy`, `--epochs`,
-... flags set their defaults. The table's compile-time parameters (`--backbone`, `--backbone-alpha`,
+The output's extension picks the format. Every flag but `--output` is generated: the trainer's from the
+parameter table, the rest from `CompileOptions` (and the `PipelineOptions` it extends), which validates
+them. Pipeline parameters (changeable per run without recompiling): the data root and every trainer
+parameter the parameter table marks per-run; the `--data-root`, `--freeze-policy`, `--epochs`, ... flags
+set their defaults. The table's compile-time parameters (`--backbone`, `--backbone-alpha`,
 `--distribution`) and everything else are fixed at compile time.
 
 Beam (ImportExampleGen, StatisticsGen, Transform, Evaluator): `--beam-preset multi_processing` (default:
