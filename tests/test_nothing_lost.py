@@ -8,7 +8,6 @@ a hyperparameters file inside the output folder with a mathtext phase name, and 
 attempt and a rerun that still resumes.
 """
 
-import base64
 import glob
 import hashlib
 import json
@@ -54,15 +53,9 @@ def _sha256(path) -> str:
 
 # --- inputs are never deleted or overwritten -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def local_runner():
-    sys.path.insert(0, REPO_ROOT)
+def test_a_hyperparameters_file_inside_the_output_folder_is_copied_not_deleted(tmp_path):
     import local_runner
 
-    return local_runner
-
-
-def test_a_hyperparameters_file_inside_the_output_folder_is_copied_not_deleted(tmp_path, local_runner):
     user_file = tmp_path / "hyperparameters" / "best.json"
     user_file.parent.mkdir()
     user_file.write_text('{"values": {"learning_rate": 0.01}}')
@@ -201,7 +194,7 @@ def _saved_checkpoints(directory, positions) -> list[str]:
     checkpoints = TrainingCheckpoints(str(directory), tiny_classifier(), tf.keras.optimizers.Adam())
     for position in positions:
         checkpoints.save(Progress(0, position))
-    return [path for path in checkpoints.manager.checkpoints]
+    return list(checkpoints.manager.checkpoints)
 
 
 def _truncate(path) -> None:
@@ -211,7 +204,7 @@ def _truncate(path) -> None:
 
 @pytest.mark.parametrize("damaged_file", ["data-00000-of-00001", "index"])
 def test_a_truncated_checkpoint_is_named_and_the_one_before_it_restored(tmp_path, damaged_file, caplog):
-    first, latest = _saved_checkpoints(tmp_path, [1, 2])
+    _, latest = _saved_checkpoints(tmp_path, [1, 2])
     _truncate(f"{latest}.{damaged_file}")
     model = tiny_classifier()
     with caplog.at_level(logging.WARNING):
