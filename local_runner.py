@@ -17,12 +17,13 @@ from __future__ import annotations
 import atexit
 import datetime
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import sys
+import tempfile
 import time
 
 import click
@@ -103,12 +104,20 @@ def validated_config(image_size: int, trainer_module: str | None, **values) -> T
 
 
 def imported_file_folder(path: str, output_dir: str, name: str) -> str:
-    """A folder under `output_dir` holding only a copy of `path`: TFX imports folders, and readers take
-    the one file in them."""
-    folder = os.path.join(output_dir, name)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    shutil.copy(path, folder)
+    """A folder `<output_dir>/<name>/<digest of the file's name and content>` holding only a copy of `path`:
+    TFX imports folders, and readers take the one file in them. Nothing is deleted or overwritten: the
+    user's file may itself lie in `<output_dir>/<name>`, even in an earlier run's copy. The copy is written
+    beside its folder and renamed into place, so a folder that exists holds the whole file."""
+    with open(path, "rb") as f:
+        content = f.read()
+    digest = hashlib.sha256(os.path.basename(path).encode() + b"\0" + content).hexdigest()[:16]
+    folder = os.path.join(output_dir, name, digest)
+    if not os.path.isdir(folder):
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{digest}-", dir=os.path.dirname(folder))
+        with open(os.path.join(staging, os.path.basename(path)), "wb") as f:
+            f.write(content)
+        os.rename(staging, folder)
     return folder
 
 

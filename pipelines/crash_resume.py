@@ -10,7 +10,10 @@ output-folder lock (so no run of this folder is alive), the local runner:
   same fingerprint (trainer parameters, data files, modules, runner settings: `run_fingerprint`) and
   whose ModelRun folder still holds checkpoints;
 - names those checkpoints in the trainer's custom_config (`freeze_trainer.tfx.resume`), so the new
-  execution moves them into its own ModelRun folder and training resumes where the killed one stopped.
+  execution copies them into its own ModelRun folder and training resumes where the killed one stopped;
+  they stay with the killed execution until the new one has exported, so a new attempt that fails (and
+  whose outputs TFX removes) is no loss. Older interrupted executions' checkpoints are removed: the
+  latest one continued from a copy of them.
 
 Every trainer execution records its run's fingerprint in its custom_config, which ML Metadata keeps with
 the execution, so the next run can tell whether it is the same run again.
@@ -91,5 +94,7 @@ def resume_interrupted_training(metadata_path: str, pipeline_name: str, pipeline
                     tf.io.gfile.isdir(checkpoints):
                 candidates.append((execution.id, checkpoints))
     if candidates:
-        resume["checkpoints"] = max(candidates)[1]
+        (_, resume["checkpoints"]), *superseded = sorted(candidates, reverse=True)
+        for _, checkpoints in superseded:  # the latest one continued from a copy of these: they are stale
+            tf.io.gfile.rmtree(checkpoints)
     return {RESUME_KEY: resume}

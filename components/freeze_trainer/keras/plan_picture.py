@@ -20,8 +20,10 @@ _TOP_IN, _ROW_IN, _BOTTOM_IN = 0.9, 0.8, 1.1  # title and legend; one phase; the
 _LEFT_IN, _RIGHT_IN = 1.9, 0.3
 _MIN_SHARE = 0.004  # a group with (almost) no parameters still shows as a sliver of the strip
 _BAND = 0.28  # the BatchNorm band: this share of a row's height, along its bottom
+# Names are the user's (phases, layers): drawn as written, never read as mathtext (`$\frac{$` raises) or TeX.
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 # SVG text stays text, and SVG ids are stable, so the same plan gives the same file.
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "freeze-policy-plan", "font.size": 8}
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "freeze-policy-plan", "font.size": 8, **LITERAL_TEXT}
 
 STATE_COLOURS = {"frozen": "#c9ced6", "trainable": "#2f7fd1", "mixed": "#9dc3ea"}
 BATCHNORM_COLOURS = {"frozen": "#5d6670", "affine": "#f0a23b", "train": "#c8432f"}

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 
 import tensorflow as tf
+from absl import logging
 
 from freeze_trainer.keras.distribution import is_chief
 from freeze_trainer.keras.freeze_proof import FreezeCheck, Snapshot
@@ -71,19 +72,43 @@ class TrainingCheckpoints:
                                                   max_to_keep=1 if self._scratch else CHECKPOINTS_KEPT)
 
     def restore(self) -> Progress:
-        """Restores the model and optimizer from the chief's latest checkpoint and returns its progress
-        (with no checkpoint, the start)."""
-        latest = tf.train.latest_checkpoint(self.directory)
-        if latest is None:
-            return Progress()
-        self.manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        return self._state.progress
+        """Restores the model and optimizer from the chief's latest whole checkpoint and returns its
+        progress (with none, the start). A damaged one (cut short by a full disk, say) is named in a
+        warning and skipped for the one before it; each is read whole first, so a damaged one leaves the
+        model untouched."""
+        for path in _checkpoints_newest_first(self.directory):
+            damage = _damage(path)
+            if damage is None:
+                self.manager.checkpoint.restore(path).assert_existing_objects_matched()
+                return self._state.progress
+            logging.warning("Checkpoint %s is damaged and skipped (%s); resuming from the one before it, if any",
+                            path, damage)
+        return Progress()
 
     def save(self, progress: Progress) -> None:
         self._state.progress = progress
         self.manager.save()
         if self._scratch:
             tf.io.gfile.rmtree(self._scratch)
+
+
+def _checkpoints_newest_first(directory: str) -> list[str]:
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    older = [path for path in reversed(state.all_model_checkpoint_paths) if path != state.model_checkpoint_path]
+    return [state.model_checkpoint_path, *older]
+
+
+def _damage(path: str) -> str | None:
+    """Why the checkpoint at `path` cannot be read whole (a missing or truncated file), or None."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError) as err:  # a truncated data file raises IndexError
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 class PhaseCheckpoint(tf.keras.callbacks.Callback):

@@ -13,6 +13,7 @@ import math
 import tensorflow as tf
 
 from freeze_trainer.keras.freeze_plan import PhasePlan, epoch_spans
+from freeze_trainer.keras.plan_picture import LITERAL_TEXT
 
 DPI = 100
 PANEL_WIDTH_IN, HEIGHT_IN = 5.0, 3.4
@@ -46,6 +47,13 @@ def curve_names(history: list[dict[str, float]]) -> list[str]:
 def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
     """One panel per curve (loss, then metrics), epochs from 1 along x; each phase a shaded band named at
     the top. Returns a matplotlib `Figure` on the Agg canvas."""
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):  # phase and metric names drawn as written
+        return _curves_figure(history, plans)
+
+
+def _curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

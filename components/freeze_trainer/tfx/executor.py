@@ -24,7 +24,7 @@ from tfx.utils import io_utils, path_utils
 from tensorflow.python.lib.io import file_io
 
 from freeze_trainer.keras.distribution import is_chief
-from freeze_trainer.tfx.resume import adopt_checkpoints, custom_config_of
+from freeze_trainer.tfx.resume import adopted_checkpoints, custom_config_of
 from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR, FREEZE_REPORT_ASSET, read_extra_asset
 from freeze_trainer.tfx.trainer_config import (
     CUSTOM_CONFIG_KEY,
@@ -104,10 +104,11 @@ class Executor(GenericExecutor):
         if not is_chief():
             self._train_as_non_chief(input_dict, output_dict, exec_properties)
             return
-        # An interrupted execution's checkpoints, when the runner names them: training resumes from them.
-        adopt_checkpoints(artifact_utils.get_single_uri(output_dict[standard_component_specs.MODEL_RUN_KEY]),
-                          custom_config_of(exec_properties))
-        super().Do(input_dict, output_dict, exec_properties)
+        # An interrupted execution's checkpoints, when the runner names them: training resumes from a copy
+        # of them, and they leave the interrupted execution only once this one has exported.
+        model_run_dir = artifact_utils.get_single_uri(output_dict[standard_component_specs.MODEL_RUN_KEY])
+        with adopted_checkpoints(model_run_dir, custom_config_of(exec_properties)):
+            super().Do(input_dict, output_dict, exec_properties)
         model_artifact = artifact_utils.get_single_instance(output_dict[standard_component_specs.MODEL_KEY])
         if hyperparameters:
             model_artifact.set_json_value_custom_property("hyperparameters", hyperparameters)

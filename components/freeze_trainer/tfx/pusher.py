@@ -169,18 +169,29 @@ class Executor(stock_executor.Executor):
     @staticmethod
     def _completed_report(input_dict: dict[str, list], model_path: str, blessed: bool) -> dict[str, str]:
         """The trainer's run report and its data with the evaluation and the blessing, by file name; none
-        when the model carries no report data (a run_fn of its own) or no evaluation is given."""
+        when the model carries no report data (a run_fn of its own) or no evaluation is given, and none,
+        with a warning naming the file, when it cannot be completed (a half-written file, say): a report
+        never stops a push."""
         data_path = os.path.join(model_path, EXTRA_ASSETS_DIR, REPORT_DATA_ASSET)
         if not input_dict.get(MODEL_EVALUATION_KEY) or not fileio.exists(data_path):
             return {}
-        with fileio.open(data_path) as f:
-            data = json.load(f)
-        evaluation = artifact_utils.get_single_instance(input_dict[MODEL_EVALUATION_KEY])
-        blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
-        baseline = blessings[0].get_string_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY) if blessings else ""
-        data = with_evaluation(data, overall_metrics(evaluation.uri), blessed, baseline or None)
-        return {REPORT_ASSET: render_report(data), REPORT_DATA_ASSET: json.dumps(data, indent=2, sort_keys=True)}
+        try:
+            return _report_with_evaluation(input_dict, data_path, blessed)
+        except Exception as err:  # noqa: BLE001  (a side output: the push goes on without it)
+            logging.warning("The run report is skipped: %s cannot be read or completed (%s: %s); the push goes on "
+                            "without the evaluation in it.", data_path, type(err).__name__, err)
+            return {}
+
+
+def _report_with_evaluation(input_dict: dict[str, list], data_path: str, blessed: bool) -> dict[str, str]:
+    with fileio.open(data_path) as f:
+        data = json.load(f)
+    evaluation = artifact_utils.get_single_instance(input_dict[MODEL_EVALUATION_KEY])
+    blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
+    baseline = blessings[0].get_string_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY) if blessings else ""
+    data = with_evaluation(data, overall_metrics(evaluation.uri), blessed, baseline or None)
+    return {REPORT_ASSET: render_report(data), REPORT_DATA_ASSET: json.dumps(data, indent=2, sort_keys=True)}
 
 
 class PusherSpec(standard_component_specs.PusherSpec):

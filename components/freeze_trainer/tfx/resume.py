@@ -5,18 +5,22 @@ a trainer killed mid-run and rerun by a new pipeline run would start over: its c
 killed execution's folder. The runner that knows the killed execution (the local runner reads ML Metadata
 for it, see `pipelines/crash_resume.py`) names that folder in the trainer's `custom_config`, under
 RESUME_KEY, and only when the killed run had the same inputs and parameters. Before training, the new
-execution moves those checkpoints into its own ModelRun folder, where run_fn's training resumes from them
-("Resuming from ... at phase ..."), and the killed execution's folder is left without them.
+execution copies those checkpoints into its own ModelRun folder, where run_fn's training resumes from them
+("Resuming from ... at phase ..."). The killed execution keeps them until the new one has exported: when
+an attempt fails (a full disk, say), TFX removes its outputs, ModelRun and the copy included, and the next
+run resumes from the killed execution's checkpoints again instead of starting over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import absl.logging
 import tensorflow as tf
+from tfx.utils import io_utils
 
 RESUME_KEY = "freeze_trainer_resume"  # custom_config: {"key": run fingerprint, "checkpoints": folder or ""}
 CHECKPOINTS = "checkpoints"  # under a ModelRun folder, where run_fn keeps the training checkpoints
@@ -49,15 +53,33 @@ def _repoint_checkpoint_state(directory: str) -> None:
 
 
 def adopt_checkpoints(model_run_dir: str, custom_config: dict[str, Any]) -> str | None:
-    """Moves the checkpoints `custom_config[RESUME_KEY]["checkpoints"]` names into `model_run_dir`, unless
-    it holds checkpoints already; returns where they came from, or None."""
+    """Copies the checkpoints `custom_config[RESUME_KEY]["checkpoints"]` names into `model_run_dir`, unless
+    it holds checkpoints already; returns where they came from, or None. The copy is renamed into place
+    whole, so a kill mid-copy leaves no partial checkpoints for a later run to resume from."""
     source = (custom_config.get(RESUME_KEY) or {}).get("checkpoints")
     target = os.path.join(model_run_dir, CHECKPOINTS)
     if not source or not tf.io.gfile.isdir(source) or tf.io.gfile.exists(target):
         return None
-    tf.io.gfile.makedirs(model_run_dir)
-    tf.io.gfile.rename(source, target)  # one rename on a local disk: they are in one place or the other
+    partial = f"{target}.partial"
+    if tf.io.gfile.exists(partial):
+        tf.io.gfile.rmtree(partial)
+    io_utils.copy_dir(source, partial)
+    tf.io.gfile.rename(partial, target)
     _repoint_checkpoint_state(target)
-    absl.logging.warning("Continuing an interrupted execution's training: its checkpoints %s moved to %s",
+    absl.logging.warning("Continuing an interrupted execution's training: its checkpoints %s copied to %s",
                          source, target)
     return source
+
+
+@contextlib.contextmanager
+def adopted_checkpoints(model_run_dir: str, custom_config: dict[str, Any]) -> Iterator[str | None]:
+    """Adopts the interrupted execution's checkpoints (`adopt_checkpoints`) for the training inside, and
+    removes them from the interrupted execution once it has exported. If it fails they stay: TFX removes
+    a failed attempt's outputs, the copy with them, and the next run resumes from them again."""
+    source = adopt_checkpoints(model_run_dir, custom_config)
+    yield source
+    if source and tf.io.gfile.exists(source):
+        try:
+            tf.io.gfile.rmtree(source)
+        except tf.errors.OpError as err:  # the model is exported: a leftover costs disk, not the run
+            absl.logging.warning("Could not remove the resumed checkpoints %s: %s", source, err)

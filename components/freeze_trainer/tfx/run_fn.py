@@ -8,7 +8,6 @@ with the freeze report, which the executor records in ML Metadata.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import math
@@ -30,13 +29,10 @@ from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
-from freeze_trainer.keras.training_curves import read_history
 from freeze_trainer.keras.training import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
 from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, trainer_config
-from freeze_trainer.tfx.run_report import (
-    CURVES_PICTURE, HISTORY_FILE, REPORT_ASSET, REPORT_DATA_ASSET, render_report, report_data,
-)
+from freeze_trainer.tfx.run_report import HISTORY_FILE, write_run_report
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from freeze_trainer.tfx.trainer_model import build_from_config
@@ -204,15 +200,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         )
     report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)
     logging.info("Freeze check passed for every phase: %s", report["phases"])
-    run_report = report_data(config, plans, report, read_history(history_path) if is_chief() else [],
-                             fn_args.model_run_dir)
-    report_page = render_report(run_report)
-    if is_chief():  # beside the TensorBoard logs: the page, and its curves as a picture of their own
-        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_ASSET), "w") as f:
-            f.write(report_page)
-        if run_report["curves_png"]:
-            with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, CURVES_PICTURE), "wb") as f:
-                f.write(base64.b64decode(run_report["curves_png"]))
+    report_assets = write_run_report(config, plans, report, history_path, fn_args.model_run_dir)  # best-effort
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
     raw_feature_spec = tft_output.raw_feature_spec() if tft_output else schema_utils.schema_as_feature_spec(
@@ -227,8 +215,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         extra_assets={
             FREEZE_POLICY_ASSET: config.freeze_policy.model_dump(mode="json", exclude_none=True),
             FREEZE_REPORT_ASSET: report,
-            REPORT_DATA_ASSET: run_report,
-            REPORT_ASSET: report_page,
+            **report_assets,
         },
     )
     # Exported: the training checkpoints only served to resume this training, so they go (each holds the

@@ -13,15 +13,20 @@ from __future__ import annotations
 import base64
 import datetime
 import io
+import os
 from importlib import resources
+from typing import Any, Callable
 
 import jinja2
+import tensorflow as tf
 import yaml
+from absl import logging
 
+from freeze_trainer.keras.distribution import is_chief
 from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.plan_picture import plan_figure
 from freeze_trainer.keras.plan_report import format_lr, format_plan_groups, phase_summary
-from freeze_trainer.keras.training_curves import curves_figure
+from freeze_trainer.keras.training_curves import curves_figure, read_history
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
 REPORT_ASSET = "report.html"
@@ -36,6 +41,15 @@ def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _picture(what: str, draw: Callable[[], Any]) -> str | None:
+    """The PNG of the figure `draw()` returns, or None with a warning: a picture never costs the report."""
+    try:
+        return _png(draw())
+    except Exception as err:  # noqa: BLE001  (a side output: the page goes on without it)
+        logging.warning("The run report's %s is left out: %s: %s", what, type(err).__name__, err)
+        return None
 
 
 def _feature_cache_use(config: TrainerConfig, plan: PhasePlan) -> str:
@@ -54,8 +68,9 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: di
         "freeze_report": freeze_report,
         "policy": config.freeze_policy.model_dump(mode="json", exclude_none=True),
         "plan_text": format_plan_groups(plans),
-        "plan_png": _png(plan_figure(plans, f"{config.backbone}: one row per phase, width ∝ parameters")),
-        "curves_png": _png(curves_figure(history, plans)) if history else None,
+        "plan_png": _picture("plan picture",
+                             lambda: plan_figure(plans, f"{config.backbone}: one row per phase, width ∝ parameters")),
+        "curves_png": _picture("training curves", lambda: curves_figure(history, plans)) if history else None,
         "phases": [
             {"summary": phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None),
              "feature_cache": _feature_cache_use(config, plan)}
@@ -64,6 +79,27 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: di
         "tensorboard_logdir": tensorboard_logdir,
         "evaluation": None,
     }
+
+
+def write_run_report(config: TrainerConfig, plans: list[PhasePlan], freeze_report: dict, history_path: str,
+                     model_run_dir: str) -> dict[str, dict | str]:
+    """The trainer's part: the page and its curves picture into the ModelRun (by the chief, beside the
+    TensorBoard logs), and the report's assets for the serving model, by name. Best-effort: the model
+    it describes has trained, so a failure is a warning and no report, never a failed run."""
+    try:
+        data = report_data(config, plans, freeze_report, read_history(history_path) if is_chief() else [],
+                           model_run_dir)
+        page = render_report(data)
+        if is_chief():
+            with tf.io.gfile.GFile(os.path.join(model_run_dir, REPORT_ASSET), "w") as f:
+                f.write(page)
+            if data["curves_png"]:
+                with tf.io.gfile.GFile(os.path.join(model_run_dir, CURVES_PICTURE), "wb") as f:
+                    f.write(base64.b64decode(data["curves_png"]))
+    except Exception as err:  # noqa: BLE001  (a side output: the model is exported without it)
+        logging.warning("The run report is not written: %s: %s", type(err).__name__, err)
+        return {}
+    return {REPORT_DATA_ASSET: data, REPORT_ASSET: page}
 
 
 def overall_metrics(evaluation_uri: str) -> dict[str, float]:
