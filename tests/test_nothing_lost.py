@@ -318,3 +318,34 @@ def test_a_failed_resumed_attempt_leaves_the_next_run_resuming(tmp_path):
     assert sorted(states.values()) == sorted([metadata_store_pb2.Execution.CANCELED,
                                               metadata_store_pb2.Execution.FAILED,
                                               metadata_store_pb2.Execution.COMPLETE])
+
+
+def test_older_interrupted_checkpoints_go_once_a_later_attempt_continued_from_them(tmp_path):
+    """Two interrupted attempts of one run (the second continued from a copy of the first's checkpoints):
+    the next run resumes from the second's, and the first's copy, now stale, is removed."""
+    from ml_metadata import metadata_store
+
+    from pipelines.crash_resume import MODEL_RUN, resume_interrupted_training
+
+    metadata_path, pipeline_root = str(tmp_path / "metadata.sqlite"), str(tmp_path / "root")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    store = metadata_store.MetadataStore(config)
+    node_type = store.put_context_type(metadata_store_pb2.ContextType(name="node"))
+    [node] = store.put_contexts([metadata_store_pb2.Context(type_id=node_type, name="pipe.FreezeTrainer")])
+    trainer_type = store.put_execution_type(metadata_store_pb2.ExecutionType(name="FreezeTrainer"))
+    attempts = []
+    for _ in range(2):
+        execution = metadata_store_pb2.Execution(type_id=trainer_type,
+                                                 last_known_state=metadata_store_pb2.Execution.RUNNING)
+        execution.custom_properties["custom_config"].string_value = json.dumps({RESUME_KEY: {"key": "same run"}})
+        execution_id, _, _ = store.put_execution(execution, [], [store.get_contexts_by_id([node])[0]])
+        checkpoints = os.path.join(pipeline_root, "FreezeTrainer", MODEL_RUN, str(execution_id), CHECKPOINTS)
+        _saved_checkpoints(checkpoints, [len(attempts) + 1])
+        attempts.append(checkpoints)
+    del store
+
+    resume = resume_interrupted_training(metadata_path, "pipe", pipeline_root, "same run")
+    assert resume[RESUME_KEY] == {"key": "same run", "checkpoints": attempts[1]}
+    assert not os.path.exists(attempts[0]) and os.path.isdir(attempts[1])

@@ -5,7 +5,8 @@ data it also stores there (`run_report.json`): the policy, the plan (text and pi
 curves per phase, the proof table, the feature cache's use, the final training metrics. The Evaluator
 runs after the trainer, so the Pusher renders the same data again with TFMA's metrics and the blessing
 into the copies it pushes (pusher.py). Pictures are PNGs inside the page, as data: URIs, so the file
-opens anywhere by itself.
+opens anywhere by itself. The report is best-effort, since it describes a model that has trained: a
+picture that cannot be drawn is left out, a report that cannot be written is left out, each with a warning.
 """
 
 from __future__ import annotations
