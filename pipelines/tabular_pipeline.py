@@ -34,7 +34,8 @@ def create_pipeline(data_root: str, transform_module: str, base_model: str, outp
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     transform = Transform(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-                          module_file=transform_module)
+                          module_file=transform_module,
+                          disable_statistics=True)  # StatisticsGen describes the data already
     trainer = FreezeTrainer(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],

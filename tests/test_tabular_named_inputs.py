@@ -33,8 +33,8 @@ def _base(columns: list[str]) -> tf.keras.Model:
     """One input per Transform output, named like it; enc_1 and enc_2 are the blocks the policy names."""
     inputs = [tf.keras.Input((1,), name=f"{column}_xf") for column in columns]
     x = tf.keras.layers.Concatenate(name="columns")(inputs)
-    x = tf.keras.layers.Dense(16, activation="relu", name="enc_1")(x)
-    x = tf.keras.layers.Dense(8, activation="relu", name="enc_2")(x)
+    x = tf.keras.layers.Dense(32, activation="relu", name="enc_1")(x)
+    x = tf.keras.layers.Dense(16, activation="relu", name="enc_2")(x)
     return tf.keras.Model(inputs, x, name="wine_base")
 
 
@@ -171,3 +171,76 @@ def test_the_trainer_binds_inputs_by_name_and_refuses_a_missing_one_in_one_line(
     with pytest.raises(ConfigError, match=r"^backbone_weights: the model's input 'anything' takes \(1,\); "
                                           r"transformed_feature_key 'b_xf' is \(2,\) in the Transform output$"):
         bind_inputs(config, contract, build_from_config(config, contract, given=base(("anything", 1))))
+
+
+def test_the_readme_shows_the_tested_pipeline_and_transform_whole():
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        readme = f.read()
+    for path in (PIPELINE_FILE, TRANSFORM_MODULE):
+        with open(path) as f:
+            assert f"```python\n{f.read().rstrip()}\n```" in readme, path
+
+
+def test_without_a_transform_named_inputs_read_raw_features_and_warm_start(tmp_path):
+    """No Transform: each input reads the raw feature of its name through the schema, the export serves raw
+    examples, and a retrained model warm-starts every variable from the exported one."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import io_utils
+
+    from freeze_trainer.keras import build_classifier
+    from freeze_trainer.tfx.executor import Executor
+    from freeze_trainer.tfx.warm_start import warm_start_from_saved_model
+    from tests.test_user_run_fn import _artifact
+
+    data = load_wine()
+    rows = ((data.data - data.data.mean(axis=0)) / data.data.std(axis=0)).astype("float32")
+    columns = _columns()[:4]  # alcohol, malic_acid, ash, alcalinity_of_ash: raw names, no `_xf`
+
+    def example(row, label) -> bytes:
+        return tf.train.Example(features=tf.train.Features(feature={
+            **{name: tf.train.Feature(float_list=tf.train.FloatList(value=[value])) for name, value in zip(columns, row)},
+            LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        })).SerializeToString()
+
+    order = np.random.default_rng(0).permutation(len(rows))
+    splits = {"train": order[:120], "eval": order[120:]}
+    for split, index in splits.items():
+        (tmp_path / "examples" / f"Split-{split}").mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(tmp_path / "examples" / f"Split-{split}" / "data.gz"),
+                                  tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+            for i in index:
+                writer.write(example(rows[i], data.target[i]))
+    schema = schema_pb2.Schema()
+    for name, kind in [*((column, schema_pb2.FLOAT) for column in columns), (LABEL, schema_pb2.INT)]:
+        feature = schema.feature.add(name=name, type=kind)  # as SchemaGen writes it with infer_feature_shape
+        feature.shape.dim.add(size=1)
+        feature.presence.min_fraction = 1.0
+    (tmp_path / "schema").mkdir()
+    io_utils.write_pbtxt_file(str(tmp_path / "schema" / "schema.pbtxt"), schema)
+    inputs = [tf.keras.Input((1,), name=column) for column in columns]
+    base = tf.keras.Model(inputs, tf.keras.layers.Dense(16, activation="relu", name="enc_1")(
+        tf.keras.layers.Concatenate()(inputs)), name="raw_base")
+    base.save(str(tmp_path / "base.keras"))
+
+    executor_inputs = {"examples": [_artifact(standard_artifacts.Examples, str(tmp_path / "examples"), True)],
+                       "schema": [_artifact(standard_artifacts.Schema, str(tmp_path / "schema"))]}
+    outputs = {"model": [_artifact(standard_artifacts.Model, str(tmp_path / "model"))],
+               "model_run": [_artifact(standard_artifacts.ModelRun, str(tmp_path / "model_run"))]}
+    properties = {"freeze_policy": '{"version": 1, "rules": [{"freeze": {"base": true}}]}', "epochs": 5,
+                  "backbone": "custom", "backbone_weights": str(tmp_path / "base.keras"), "label_key": LABEL,
+                  "dropout": 0.0, "learning_rate": 0.05, "train_args": "{}", "eval_args": "{}", "custom_config": "null"}
+    Executor().Do(executor_inputs, outputs, properties)
+    assert outputs["model"][0].get_string_custom_property("freeze_check") == "passed"
+    export_dir = str(tmp_path / "model" / "Format-Serving")
+    serving = tf.saved_model.load(export_dir).signatures["serving_default"]
+    served = serving(examples=tf.constant([example(rows[i], data.target[i]) for i in splits["eval"]]))
+    assert served["probabilities"].shape == (len(splits["eval"]), 3)
+    assert np.mean(served["class_ids"].numpy() == data.target[splits["eval"]]) > 0.8
+
+    fresh = build_classifier(tf.keras.models.load_model(str(tmp_path / "base.keras")), None, 3,
+                             bn_inference_mode=True, dropout=0.0)
+    report = warm_start_from_saved_model(fresh, export_dir)
+    assert report.loaded == len(fresh.variables) and not report.missing and not report.shape_mismatch
+    assert np.allclose(fresh({c: rows[splits["eval"]][:, [i]] for i, c in enumerate(columns)}).numpy(),
+                       served["probabilities"].numpy(), atol=1e-5)

@@ -151,11 +151,12 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     strategy = choose_strategy(config.distribution)
     with strategy.scope():
         # Model and plan first: a policy that does not fit the model fails before any data is read.
+        from_module = build_model is not None or isinstance(model, tf.keras.Model)  # a user module's model
         if isinstance(model, tf.keras.Model):
             model = build_from_config(config, contract, given=model)
         else:
             model = build_from_config(config, contract, build_model=build_model)
-        contract = bind_inputs(config, contract, model, from_module=build_model is not None)
+        contract = bind_inputs(config, contract, model, from_module=from_module)
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
