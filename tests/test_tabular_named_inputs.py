@@ -244,3 +244,14 @@ def test_without_a_transform_named_inputs_read_raw_features_and_warm_start(tmp_p
     assert report.loaded == len(fresh.variables) and not report.missing and not report.shape_mismatch
     assert np.allclose(fresh({c: rows[splits["eval"]][:, [i]] for i, c in enumerate(columns)}).numpy(),
                        served["probabilities"].numpy(), atol=1e-5)
+
+
+def test_a_saved_base_of_another_shape_is_named_with_every_input(tmp_path):
+    from freeze_trainer.keras.backbones import BackboneError, build_backbone
+
+    columns = _columns()
+    _base(columns).save(tmp_path / "base.keras")
+    with pytest.raises(BackboneError) as raised:
+        build_backbone(None, str(tmp_path / "base.keras"), (13,))
+    assert all(f"{column}_xf (1,)" in str(raised.value) for column in columns)  # the first one too
+    assert str(raised.value).endswith("the data has (13,)")
