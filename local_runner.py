@@ -160,8 +160,11 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
     config = validated_config(options.image_size, trainer_module, **parameters)
     if data_root:  # the user's data: checked before anything is written or any component runs
         from pipelines.data_checks import check_data_root
+        from pipelines.model_input_checks import check_model_inputs
 
-        check_data_root(data_root, config, bundled_transform=transform_module is None)
+        raw_feature_spec = check_data_root(data_root, config, bundled_transform=transform_module is None)
+        check_model_inputs(config, raw_feature_spec, transform_module,
+                           load_build_model(trainer_module) if trainer_module else None, options.image_size)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
     # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
     started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -15,7 +15,9 @@ one line, `data_root: <file>: <reason>` (a click usage error, exit status 2), be
 - with a Transform module of the user's own and integer labels without a vocabulary, the labels the
   sample holds are class indices: not negative, and 0 or 1 for binary and multi-label tasks.
 
-It reads at most `max_records` records in all, but at least the first of every file, so it stays fast.
+It reads at most `max_records` records in all, but at least the first of every file, so it stays fast,
+and returns the raw feature spec those records show (what SchemaGen will infer), from which the Transform's
+outputs are known before it runs (pipelines/model_input_checks.py).
 """
 
 from __future__ import annotations
@@ -110,10 +112,19 @@ def _label_values(path: str, records, label_key: str, kind: str):
         return  # a damaged tail: ImportExampleGen will say so; these checks read what they could
 
 
+def _raw_feature_spec(seen: dict[str, tuple[str, set[int], int]], records: int) -> dict:
+    """The raw feature spec SchemaGen (`infer_feature_shape=True`) infers from these examples: a fixed
+    shape for a feature that every example holds with the same number of values, else a VarLenFeature."""
+    dtypes = {"bytes_list": tf.string, "float_list": tf.float32, "int64_list": tf.int64}
+    return {name: tf.io.FixedLenFeature([next(iter(counts))], dtypes[kind]) if len(counts) == 1 and present == records
+            else tf.io.VarLenFeature(dtypes[kind]) for name, (kind, counts, present) in seen.items()}
+
+
 def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bool,
-                    max_records: int = MAX_RECORDS) -> None:
+                    max_records: int = MAX_RECORDS) -> dict:
     """Raises DataRootError (a click.UsageError) naming the file and the problem; see the module doc.
-    `bundled_transform`: the pipeline runs the bundled image Transform (no `--transform-module`)."""
+    `bundled_transform`: the pipeline runs the bundled image Transform (no `--transform-module`). Returns
+    the raw feature spec of the records read."""
     files = _listed_files(data_root)
     required = {}  # key -> the parameter that names it
     if bundled_transform:
@@ -130,6 +141,7 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
     label_kind: str | None = None
     decoded = 0
     sampled: list[tuple[str, int]] = []  # (file, records read) of each file
+    seen: dict[str, tuple[str, set[int], int]] = {}  # feature -> its kind, value counts, examples holding it
     for path in readable:
         if not path.lower().endswith(GZIP_SUFFIXES):
             if problem := _framing_error(path):
@@ -143,6 +155,11 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
             except DecodeError:
                 raise DataRootError(path, f"record {index} is not a serialized tf.Example") from None
             features = example.features.feature
+            for key, feature in features.items():
+                kind, values = _values(feature)
+                if kind:
+                    _, counts, present = seen.get(key, (kind, set(), 0))
+                    seen[key] = (kind, counts | {len(values)}, present + 1)
             for key, parameter in required.items():
                 if key not in features:
                     raise DataRootError(path, f"record {index} has no feature {key!r} (the {parameter} parameter); "
@@ -181,6 +198,7 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
         raise DataRootError(data_root, "its files hold no examples")
     if label_key is not None and label_kind is not None and len(labels) < 2:
         _check_two_labels(data_root, sampled, label_key, label_kind, labels)
+    return _raw_feature_spec(seen, sum(count for _, count in sampled))
 
 
 def _check_decodes(path: str, index: int, key: str, data: bytes) -> None:

@@ -85,6 +85,11 @@ def eval_config(task: str, label_key: str, threshold: float, max_change: float, 
     )
 
 
+def transform_custom_config(image_size: int, feature_key: str, label_key: str) -> dict:
+    """The Transform's `custom_config`: what the bundled image `preprocessing_fn` reads."""
+    return {"image_size": image_size, "feature_key": feature_key, "label_key": label_key}
+
+
 def _fixed(trainer_parameters: dict[str, Any], name: str) -> Any:
     """A compile-time trainer parameter's value: the one given, else the table's default."""
     value = trainer_parameters.get(name)
@@ -130,7 +135,7 @@ def create_pipeline(
             # seen only in the eval split has an index instead of crashing the trainer with label -1.
             "splits_config": transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"]),
         }),
-        custom_config={"image_size": options.image_size, "feature_key": feature_key, "label_key": label_key},
+        custom_config=transform_custom_config(options.image_size, feature_key, label_key),
         # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
         # statistics would be a second and third pass over every image.
         disable_statistics=True,

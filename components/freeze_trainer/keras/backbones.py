@@ -109,10 +109,10 @@ def build_backbone(
                 model = load_model_file(_local_copy(weights, tmp), project_objects)
             except ModelFileError as err:  # named by `weights`: the local copy of a URI is a temporary file
                 raise BackboneError(f"backbone_weights: {weights}: {err.reason}") from None
-        if input_shape is not None and tuple(model.input_shape[1:]) != tuple(input_shape):
-            raise BackboneError(
-                f"backbone_weights: the saved backbone takes {model.input_shape[1:]}, the data has {input_shape}"
-            )
+        shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
+        if input_shape is not None and shapes != [tuple(input_shape)]:
+            takes = ", ".join(f"{name} {shape}" for name, shape in zip(model.input_names, shapes))
+            raise BackboneError(f"backbone_weights: the saved backbone takes {takes}, the data has {tuple(input_shape)}")
         return model
     kwargs = {"alpha": alpha} if spec.takes_alpha and alpha is not None else {}  # None: the architecture's own
     keras_weights = {"imagenet": "imagenet", "none": None}.get(weights.lower(), "file")

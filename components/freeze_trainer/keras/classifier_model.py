@@ -34,13 +34,14 @@ def build_classifier(
     task: Task = MULTICLASS,
 ) -> tf.keras.Model:
     """Wraps `backbone` with pooling (for image or sequence outputs), dropout and a new output layer for
-    `task` (softmax over `num_classes` for multiclass).
+    `task` (softmax over `num_classes` for multiclass). The classifier's input is named `input_name` for
+    a backbone with one input; a backbone with several keeps their names (see `classifier_inputs`).
 
     With `bn_inference_mode` the backbone is called with `training=False`, so its BatchNorm layers use
     and keep their moving statistics even while `fit` trains the rest (the Keras transfer-learning
     recipe); otherwise BatchNorm follows the training phase wherever the layer is trainable.
     """
-    inputs = tf.keras.Input(shape=backbone.input_shape[1:], name=input_name)
+    inputs = classifier_inputs(backbone, input_name)
     x = BackbonePreprocessing(backbone_name, name="backbone_preprocessing")(inputs)
     x = backbone(x, training=False if bn_inference_mode else None)
     pooling = _POOLING.get(len(x.shape), tf.keras.layers.Identity)
@@ -51,6 +52,16 @@ def build_classifier(
         task.units(num_classes), activation=task.activation, dtype="float32", name=HEAD_LAYER_NAMES[2]
     )(x)
     return tf.keras.Model(inputs, outputs, name="classifier")
+
+
+def classifier_inputs(backbone: tf.keras.Model, input_name: str) -> tf.Tensor | list[tf.Tensor]:
+    """The classifier's inputs for `backbone`'s: one named `input_name` for a backbone with one input, else
+    one per backbone input, in its order and under its name, so that the classifier takes a dict of tensors
+    keyed by those names (the Keras convention for several inputs)."""
+    names = backbone.input_names if len(backbone.inputs) > 1 else [input_name]
+    inputs = [tf.keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=name)
+              for name, tensor in zip(names, backbone.inputs)]
+    return inputs if len(inputs) > 1 else inputs[0]
 
 
 def declare_head(model: tf.keras.Model, layer_names: Sequence[str]) -> tf.keras.Model:

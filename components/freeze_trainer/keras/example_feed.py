@@ -3,7 +3,7 @@
 Training batches are an endless stream, pass after pass over the data, that each training call builds
 afresh from a position (the batches of the phase already trained): a resumed phase sees the batches an
 uninterrupted one would have, and a head trained on cached features sees the same batches in the same
-order as one trained on images.
+order as one trained on the examples (one input tensor, or a dict of them for a model with several inputs).
 """
 
 from __future__ import annotations

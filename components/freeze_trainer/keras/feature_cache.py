@@ -3,7 +3,7 @@
 In a phase where no layer before the pooled features trains and nothing there draws random numbers
 (see `PhasePlan.caches_features`), every epoch would recompute the same base outputs. The cache runs
 the base once over the training and evaluation examples, and `ExampleFeed` trains the head alone on
-the stored features, batched like the images would have been.
+the stored features, batched like the examples would have been.
 
 The cache key covers the example files and the Transform graph (the caller's `source_fingerprint`),
 the extractor's architecture and every one of its weights (BatchNorm statistics included), the dtype
@@ -143,8 +143,9 @@ class FeatureCache:
     def features(
         self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int
     ) -> dict[str, tf.data.Dataset]:
-        """Unbatched (features, label) of each split of `examples` (unbatched (image, label)), in order,
-        under `model`'s current base; computed again, `batch_size` images at a time, only when the
+        """Unbatched (features, label) of each split of `examples` (unbatched (inputs, label): a tensor, or a
+        dict of them for a model with several inputs), in order, under `model`'s current base; computed
+        again, `batch_size` examples at a time, only when the
         cache key changed. Under MultiWorkerMirroredStrategy, only this worker's shard."""
         extractor = feature_extractor(model)
         multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
@@ -161,13 +162,13 @@ class FeatureCache:
 
     def _build(self, extractor, examples: dict[str, tf.data.Dataset], batch_size: int, key: str, shard):
         start = time.perf_counter()
-        extract = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+        extract = tf.function(lambda inputs: extractor(inputs, training=False), reduce_retracing=True)
         budget = self.memory_budget_bytes
         stores = {}
         for split, split_examples in examples.items():
             store = _FeatureStore(os.path.join(self.spill_dir, key, split), budget)
-            for images, labels in split_examples.shard(*shard).batch(batch_size).prefetch(1):
-                store.add(extract(images).numpy(), labels.numpy())
+            for inputs, labels in split_examples.shard(*shard).batch(batch_size).prefetch(1):
+                store.add(extract(inputs).numpy(), labels.numpy())
             store.seal()
             budget -= store.memory_bytes
             stores[split] = store

@@ -1,11 +1,17 @@
-"""What the trainer reads from the examples: which feature the model takes, which holds the label, the
+"""What the trainer reads from the examples: which features the model takes, which holds the label, the
 task and its classes. Resolved from the trainer's parameters and the Transform output (or, without a
 Transform, the raw schema) before any training, so a wrong key fails in one line naming it and the
-features there are."""
+features there are.
+
+The input rule: a model with one input reads `transformed_feature_key` (`feature_key` without a
+Transform); a model with several reads, for each input, the feature of the input's name (the Keras
+convention for dict inputs). `model_inputs` binds a built model's inputs to the features, or fails in
+one line naming every input and every feature."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import tensorflow as tf
@@ -14,21 +20,66 @@ from freeze_trainer.keras.tasks import Task
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
 
 
+Shape = tuple[int, ...] | None  # a feature's shape without the batch; None: no fixed shape (sparse, ragged)
+
+
 @dataclass(frozen=True)
 class DataContract:
-    feature_key: str  # in the examples the trainer reads (transformed, or raw without a Transform)
+    feature_key: str  # what a one-input model reads, in the examples the trainer reads (transformed, or raw)
     label_key: str
-    input_shape: tuple[int, ...]
+    features: dict[str, Shape]  # every feature of those examples but the label: what named inputs can read
     task: Task
     num_classes: int  # 1 for regression
     class_names: tuple[str, ...] | None  # from the label vocabulary; None for integer or numeric labels
     vocabulary: str | None  # the Transform vocabulary the class names come from
+    where: str = "Transform output"  # or "schema": where the features are, for messages
+    feature_parameter: str = "transformed_feature_key"  # the parameter naming `feature_key`, for messages
+    # The feature each of the model's inputs reads, by input name: set once the model is built (`model_inputs`).
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of `feature_key`, the input of a one-input model; raises ConfigError naming the
+        parameter when the examples have no such feature or it has no fixed shape."""
+        shape = _named(self.features, self.feature_parameter, self.feature_key, self.where)
+        if shape is None:
+            raise ConfigError(self.feature_parameter, f"feature {self.feature_key!r} has no fixed shape in the {self.where}")
+        return shape
 
 
-def _spec(feature_spec: dict, parameter: str, key: str, where: str):
-    if key not in feature_spec:
-        raise ConfigError(parameter, f"no feature {key!r} in the {where}; its features are {', '.join(sorted(feature_spec))}")
-    return feature_spec[key]
+def _named(mapping: dict, parameter: str, key: str, where: str):
+    if key not in mapping:
+        raise ConfigError(parameter, f"no feature {key!r} in the {where}; its features are {', '.join(sorted(mapping))}")
+    return mapping[key]
+
+
+def _shown(shapes: dict[str, Shape]) -> str:
+    return ", ".join(f"{name} {shape if shape is not None else '(no fixed shape)'}" for name, shape in sorted(shapes.items()))
+
+
+def model_inputs(contract: DataContract, model: tf.keras.Model, model_parameter: str) -> dict[str, str]:
+    """The feature each of `model`'s inputs reads, by input name: `feature_key` for a model with one input,
+    the feature of its own name for each input of a model with several. Raises ConfigError when a feature
+    is missing or its shape differs from the input's, naming every input and every feature (the key is
+    `model_parameter`, the parameter the model comes from, for a model with several inputs)."""
+    shapes = {name: tuple(tensor.shape[1:]) for name, tensor in zip(model.input_names, model.inputs)}
+    if len(shapes) == 1:
+        (name, shape), = shapes.items()
+        data_shape = contract.input_shape
+        if not tf.TensorShape(shape).is_compatible_with(data_shape):
+            raise ConfigError(model_parameter, f"the model's input {name!r} takes {shape}; {contract.feature_parameter} "
+                                               f"{contract.feature_key!r} is {data_shape} in the {contract.where}")
+        return {name: contract.feature_key}
+    missing = [name for name in shapes if name not in contract.features]
+    misfits = [name for name, shape in shapes.items() if name not in missing
+               and not (contract.features[name] is not None and tf.TensorShape(shape).is_compatible_with(contract.features[name]))]
+    if missing or misfits:
+        problems = [*(f"no feature {name!r}" for name in missing),
+                    *(f"{name!r} is {contract.features[name]}" for name in misfits)]
+        raise ConfigError(model_parameter, f"the model's {len(shapes)} inputs read the {contract.where}'s features of "
+                                           f"their names: {'; '.join(problems)}. The model's inputs: {_shown(shapes)}. "
+                                           f"The {contract.where}'s features: {_shown(contract.features)}")
+    return {name: name for name in shapes}
 
 
 def resolve_contract(
@@ -47,10 +98,11 @@ def resolve_contract(
     label_key = config.model_label_key if transformed else config.label_key
     feature_parameter = "transformed_feature_key" if transformed and config.transformed_feature_key else "feature_key"
     label_parameter = "transformed_label_key" if transformed and config.transformed_label_key else "label_key"
-    feature = _spec(feature_spec, feature_parameter, feature_key, where)
-    label = _spec(feature_spec, label_parameter, label_key, where)
-    if not feature.shape:
-        raise ConfigError(feature_parameter, f"feature {feature_key!r} has no fixed shape in the {where}")
+    label = _named(feature_spec, label_parameter, label_key, where)
+    # A feature without a fixed shape (VarLen, sparse, ragged) has none; an empty shape is a scalar's.
+    features = {name: tuple(spec.shape) if isinstance(spec, (tf.io.FixedLenFeature, tf.io.FixedLenSequenceFeature))
+                else None for name, spec in feature_spec.items() if name != label_key}
+    contract = partial(DataContract, feature_key, label_key, features, where=where, feature_parameter=feature_parameter)
 
     label_width = int(tf.TensorShape(label.shape).num_elements() or 1)
     vocabulary = (config.label_vocabulary or config.label_key) if transformed else None
@@ -63,10 +115,9 @@ def resolve_contract(
     if task == "auto":
         task = "multi_label" if label_width > 1 else "regression" if numeric else None
     if task == "regression":
-        return DataContract(feature_key, label_key, tuple(feature.shape), Task("regression"), 1, None, None)
+        return contract(Task("regression"), 1, None, None)
     if task == "multi_label":
-        return DataContract(feature_key, label_key, tuple(feature.shape), Task("multi_label"), label_width,
-                            tuple(names) if names else None, vocabulary if names else None)
+        return contract(Task("multi_label"), label_width, tuple(names) if names else None, vocabulary if names else None)
     if names is not None:
         num_classes = len(names)
     else:
@@ -79,5 +130,4 @@ def resolve_contract(
     task = task or ("binary" if num_classes == 2 else "multiclass")
     if task == "binary" and num_classes != 2:
         raise ConfigError("task", f"binary needs two classes; label {label_key!r} has {num_classes}")
-    return DataContract(feature_key, label_key, tuple(feature.shape), Task(task), num_classes,
-                        tuple(names) if names else None, vocabulary if names else None)
+    return contract(Task(task), num_classes, tuple(names) if names else None, vocabulary if names else None)

@@ -35,7 +35,7 @@ from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, trainer_config
 from freeze_trainer.tfx.run_report import HISTORY_FILE, write_run_report
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
 from freeze_trainer.tfx.trainer_config import TrainerConfig
-from freeze_trainer.tfx.trainer_model import build_from_config
+from freeze_trainer.tfx.trainer_model import bind_inputs, build_from_config
 from freeze_trainer.tfx.warm_start import warm_start_from_saved_model
 
 
@@ -62,29 +62,30 @@ def data_contract(fn_args: FnArgs, config: TrainerConfig, tft_output: tft.TFTran
             return None
 
     def count_int_classes() -> int:
-        labels = _labeled_examples(fn_args, fn_args.train_files, schema, contract_keys).map(lambda _, label: label)
+        labels = _labeled_examples(fn_args, fn_args.train_files, schema, {}, label_key).map(lambda _, label: label)
         return int(labels.reduce(tf.constant(-1, tf.int64), lambda most, label: tf.maximum(most, tf.cast(
             tf.reduce_max(label), tf.int64)))) + 1
 
     feature_spec = schema_utils.schema_as_feature_spec(schema).feature_spec
-    contract_keys = (config.model_feature_key, config.model_label_key) if tft_output else (config.feature_key,
-                                                                                          config.label_key)
+    label_key = config.model_label_key if tft_output else config.label_key
     return resolve_contract(
         config, feature_spec, "Transform output" if tft_output else "schema",
         vocabulary_names if tft_output else (lambda _: None), domains.get, count_int_classes, tft_output is not None,
     )
 
 
-def _labeled_examples(fn_args: FnArgs, files: list[str], schema, keys: tuple[str, str]) -> tf.data.Dataset:
-    """(feature, label) examples, unbatched, once, in file order: ExampleFeed shuffles and batches them."""
-    feature_key, label_key = keys
+def _labeled_examples(fn_args: FnArgs, files: list[str], schema, inputs: dict[str, str], label_key: str
+                      ) -> tf.data.Dataset:
+    """({model input: its feature}, label) examples, unbatched, once, in file order: ExampleFeed shuffles and
+    batches them. `inputs` maps each of the model's inputs to the feature it reads (DataContract.inputs)."""
     options = tfxio.TensorFlowDatasetOptions(batch_size=256, label_key=label_key, num_epochs=1, shuffle=False)
     examples = fn_args.data_accessor.tf_dataset_factory(files, options, schema)
     # Under MultiWorkerMirroredStrategy every worker reads the same seeded order and keeps its share of
     # the batches: sharding by file fails whenever a split has fewer files than there are workers.
     sharding = tf.data.Options()
     sharding.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return examples.map(lambda features, label: (features[feature_key], label)).unbatch().with_options(sharding)
+    return examples.map(lambda features, label: ({name: features[feature] for name, feature in inputs.items()}, label)
+                        ).unbatch().with_options(sharding)
 
 
 def weights_record(backbone_weights: str) -> dict[str, str]:
@@ -146,20 +147,22 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     strategy = choose_strategy(config.distribution)
     with strategy.scope():
         # Model and plan first: a policy that does not fit the model fails before any data is read.
+        from_module = build_model is not None or isinstance(model, tf.keras.Model)  # a user module's model
         if isinstance(model, tf.keras.Model):
             model = build_from_config(config, contract, given=model)
         else:
             model = build_from_config(config, contract, build_model=build_model)
+        contract = bind_inputs(config, contract, model, from_module=from_module)
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
 
-    keys = (contract.feature_key, contract.label_key)
     prepare = contract.task.prepare_labels
 
     def examples(files: list[str]) -> tf.data.Dataset:
-        return _labeled_examples(fn_args, files, schema, keys).map(lambda x, y: (x, prepare(y[None])[0]))
+        return _labeled_examples(fn_args, files, schema, contract.inputs, contract.label_key).map(
+            lambda x, y: (x, prepare(y[None])[0]))
 
     train_examples, eval_examples = examples(fn_args.train_files), examples(fn_args.eval_files)
     if fn_args.eval_steps:  # TFX's eval_args.num_steps: that many batches of evaluation

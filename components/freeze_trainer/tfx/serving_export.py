@@ -1,7 +1,7 @@
 """Exports the trained model as a SavedModel that serves raw tf.Examples.
 
 `serving_default` parses serialized tf.Examples holding the raw features, applies the Transform graph
-(when there is one) and predicts, so the pushed model needs no extra code: `probabilities`, and for
+(when there is one) and predicts from the features the model's inputs read (one, or one per named input), so the pushed model needs no extra code: `probabilities`, and for
 classification `class_ids` and, with a label vocabulary, `classes`; `predictions` for regression.
 `transform_features` exposes the Transform graph alone, which TFMA uses to find the transformed label.
 """
@@ -83,13 +83,19 @@ class _ServingModule(tf.Module):
                 parsed = tf.io.parse_example(tf.identity(serialized), spec)
             return self.tft_layer(parsed) if self.tft_layer is not None else parsed
 
+        def at_least_one(tensor, count):
+            """An empty batch: the model (some of its kernels fail on none) sees one zero example, cut off below."""
+            if not isinstance(tensor, tf.Tensor):
+                return tensor
+            return tf.cond(count > 0, lambda: tensor,
+                           lambda: tf.zeros(tf.concat([[1], tf.shape(tensor)[1:]], 0), tensor.dtype))
+
         @tf.function(input_signature=[examples])
         def serve(serialized):
-            inputs = features(serialized, raw_spec_without_label)[contract.feature_key]
-            count = tf.shape(inputs)[0]
-            if isinstance(inputs, tf.Tensor):  # an empty batch: the model (some of its kernels fail on none)
-                inputs = tf.cond(count > 0, lambda: inputs,  # sees one zero example, cut off below
-                                 lambda: tf.zeros(tf.concat([[1], tf.shape(inputs)[1:]], 0), inputs.dtype))
+            transformed = features(serialized, raw_spec_without_label)
+            count = tf.shape(serialized)[0]
+            # Each of the model's inputs by its name (one, or several read by name: DataContract.inputs).
+            inputs = {name: at_least_one(transformed[feature], count) for name, feature in contract.inputs.items()}
             scores = model(inputs, training=False)[:count]
             return _outputs(contract.task.name, scores, self.class_names)
 

@@ -12,6 +12,7 @@ Three sources of a model:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import tensorflow as tf
@@ -20,7 +21,7 @@ from freeze_trainer.keras.backbones import build_backbone
 from freeze_trainer.keras.classifier_model import build_classifier, declare_head, has_head
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
-from freeze_trainer.tfx.data_contract import DataContract
+from freeze_trainer.tfx.data_contract import DataContract, Shape, model_inputs
 from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, TrainerConfig
 
 BuildModel = Callable[..., tf.keras.Model]
@@ -41,7 +42,9 @@ def build_from_config(
         base = build_model(config=config, contract=contract)
     else:
         architecture = None if config.backbone == CUSTOM_BACKBONE else config.backbone
-        base = build_backbone(architecture, config.backbone_weights, contract.input_shape, config.backbone_alpha)
+        # A `.keras` base keeps its own inputs: `bind_inputs` checks them against the data, every one by name.
+        base = build_backbone(architecture, config.backbone_weights, architecture and contract.input_shape,
+                              config.backbone_alpha)
     if config.head_layer_names:
         return declare_head(base, config.head_layer_names)
     if has_head(base):  # a model built with build_classifier, or with its head declared already
@@ -57,20 +60,38 @@ def build_from_config(
     )
 
 
-def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2, task: Task = MULTICLASS) -> DataContract:
-    """A stand-in contract for planning without data: only the shapes and the task matter to a plan."""
-    return DataContract("features", "label", input_shape and tuple(input_shape), task, num_classes, None, None)
+def bind_inputs(config: TrainerConfig, contract: DataContract, model: tf.keras.Model,
+                from_module: bool = False) -> DataContract:
+    """The contract with `inputs`, the feature each of the model's inputs reads (`model_inputs`); a
+    missing or mis-shaped one raises ConfigError keyed by the parameter the model comes from."""
+    parameter = ("module_file" if from_module else "backbone_weights" if config.backbone == CUSTOM_BACKBONE
+                 else "backbone")
+    return replace(contract, inputs=model_inputs(contract, model, parameter))
+
+
+def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2, task: Task = MULTICLASS,
+                      features: dict[str, Shape] | None = None, feature_key: str = "features") -> DataContract:
+    """A stand-in contract for planning without examples: only the shapes and the task matter to a plan.
+    `features`, where known (the Transform's outputs), are the examples' features, else `feature_key`
+    with `input_shape` (none without a shape)."""
+    if features is None:
+        features = {feature_key: tuple(input_shape)} if input_shape else {}
+    return DataContract(feature_key, "label", features, task, num_classes, None, None)
 
 
 def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
-                    build_model: BuildModel | None = None) -> list[PhasePlan]:
+                    build_model: BuildModel | None = None, features: dict[str, Shape] | None = None
+                    ) -> list[PhasePlan]:
     """Plans a trainer configuration without data or downloads: the backbone is built with random
     weights for `imagenet` (a download), and with the given file otherwise, so that a weights file
     that does not fit fails here rather than after the data is processed; `build_model` (a user
-    module's hook) builds the model instead."""
+    module's hook) builds the model instead. With `features` (the Transform's outputs and their shapes,
+    where known before the pipeline runs), the model's inputs are checked against them too."""
     weights = "none" if config.backbone_weights.lower() == "imagenet" else config.backbone_weights
-    if config.backbone == CUSTOM_BACKBONE:  # the model file's own input, whatever the data's shape
-        input_shape = None
-    model = build_from_config(config.model_copy(update={"backbone_weights": weights}),
-                              planning_contract(input_shape, num_classes), build_model=build_model)
+    config = config.model_copy(update={"backbone_weights": weights})
+    contract = planning_contract(input_shape, num_classes, features=features,
+                                 feature_key=config.model_feature_key if features is not None else "features")
+    model = build_from_config(config, contract, build_model=build_model)
+    if features is not None:
+        bind_inputs(config, contract, model, from_module=build_model is not None)
     return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
