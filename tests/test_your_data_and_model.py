@@ -215,7 +215,7 @@ def _provenance(output_dir: str) -> tuple[dict, dict]:
     with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
         report = json.load(f)
     fields = ("model_source", "base_name", "backbone", "backbone_weights", "backbone_weights_sha256", "module_file",
-              "module_file_sha256", "run_fn")
+              "module_file_sha256")
     return ({key: report[key] for key in fields if key in report},
             {key: summary.model_properties[key] for key in fields if key in summary.model_properties})
 

@@ -114,18 +114,16 @@ def weights_record(backbone_weights: str) -> dict[str, str]:
     return file_record("backbone_weights", backbone_weights)
 
 
-def model_source(config: TrainerConfig, user_code: dict[str, str] | None, model: tf.keras.Model) -> dict[str, str]:
-    """Where the trained model came from (the executor's `MODEL_SOURCE_FIELDS`). `user_code` is the module
-    or `run_fn` path that built or passed the model (`build_model`, a user `run_fn`), None when the trainer
-    parameters describe it: a `.keras` file (`backbone_weights`) or a keras.applications `backbone` with its
-    weights. `base_name` is the base's own Keras name."""
-    if user_code is None:
+def model_source(config: TrainerConfig, user_code: str | None, model: tf.keras.Model) -> dict[str, str]:
+    """Where the trained model came from (the executor's `MODEL_SOURCE_FIELDS`): `user_code`, the file of
+    the `build_model` or user `run_fn` that built or passed the model, by name and SHA-256; without one, the
+    `.keras` file or the keras.applications `backbone` with its weights that the parameters name. And
+    `base_name`, the base's own Keras name."""
+    if user_code is not None:
+        record = {"model_source": "module_file", **file_record("module_file", user_code)}
+    else:
         kind = "model_file" if is_saved_backbone(config.backbone_weights) else "keras.applications"
         record = {"model_source": kind, "backbone": config.backbone, **weights_record(config.backbone_weights)}
-    elif "module_file" in user_code:
-        record = {"model_source": "module_file", **file_record("module_file", user_code["module_file"])}
-    else:
-        record = {"model_source": "run_fn", "run_fn": user_code["run_fn"]}
     return {**record, "base_name": base_model_name(model)}
 
 
