@@ -213,7 +213,6 @@ TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
 TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETERS)
 
 
-
 def check_literal_parameters(**values) -> None:
     """What `FreezeTrainer(...)` checks when the pipeline is defined: the parameters given as plain values,
     validated as `TrainerConfig.from_parameters` does, with the defaults for the rest, and a local
