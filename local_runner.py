@@ -32,7 +32,9 @@ import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow
 from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
 from freeze_trainer.cli.terminal import TerminalLog, echo_error, quiet_terminal, verbose_option
 from freeze_trainer.policy import PolicyError, read_policy_source
-from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
+from freeze_trainer.tfx.trainer_config import (
+    ConfigError, TrainerConfig, hyperparameter_values, model_hyperparameters,
+)
 from pipelines.demo_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
 from pipelines.model_options import ModelOptions
 from pipelines.pipeline_options import PipelineOptions
@@ -90,17 +92,32 @@ def user_errors() -> tuple[type[Exception], ...]:
     return PolicyError, ConfigError, BackboneError, HeadError
 
 
-def validated_config(image_size: int, trainer_module: str | None, **values) -> TrainerConfig:
-    """The trainer configuration, checked against the model's layers before any data is read."""
+def validated_config(image_size: int, trainer_module: str | None, hyperparameters: str | None,
+                     **values) -> TrainerConfig:
+    """The trainer configuration, checked against the model's layers before any data is read (a module's
+    `build_model` gets the model's own values from the `hyperparameters` file)."""
     from freeze_trainer.tfx.trainer_model import plan_for_config
 
     try:
         config = TrainerConfig.from_parameters(**values)
         build_model = load_build_model(trainer_module) if trainer_module else None
-        plan_for_config(config, (image_size, image_size, 3), build_model=build_model)
+        plan_for_config(config, (image_size, image_size, 3), build_model=build_model,
+                        hyperparameters=model_hyperparameters_of(hyperparameters) if build_model and hyperparameters else None)
     except user_errors() as err:
         raise click.UsageError(str(err)) from None
     return config
+
+
+def model_hyperparameters_of(path: str) -> dict:
+    """The model's own values in a hyperparameters file (`trainer_config.model_hyperparameters`)."""
+    with open(path) as f:
+        try:
+            document = json.load(f)
+        except ValueError as err:
+            raise ConfigError("hyperparameters", f"{path} is not JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise ConfigError("hyperparameters", f"{path} holds no name -> value mapping")
+    return model_hyperparameters(hyperparameter_values(document))
 
 
 def imported_file_folder(path: str, output_dir: str, name: str) -> str:
@@ -157,7 +174,7 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
     options = PIPELINE_OPTIONS.validate(kwargs)
     parameters = pop_trainer_parameters(kwargs)
     parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
-    config = validated_config(options.image_size, trainer_module, **parameters)
+    config = validated_config(options.image_size, trainer_module, hyperparameters, **parameters)
     if data_root:  # the user's data: checked before anything is written or any component runs
         from pipelines.data_checks import check_data_root
         from pipelines.model_input_checks import check_model_inputs

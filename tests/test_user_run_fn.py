@@ -3,6 +3,7 @@ Transform output: with `train_and_export` it gets planning, the proof and the fr
 the executor says so in one line."""
 
 import glob
+import hashlib
 import json
 import os
 
@@ -46,6 +47,12 @@ def test_a_user_run_fn_with_the_helper_gets_the_proof_and_the_report(demo_run, t
         report = json.load(f)
     assert report["phases"][0]["trainable_variables"] == 2  # the head; own_conv stays frozen
     assert report["phases"][0]["frozen_variables"] == 2
+    # The model came from the user's module: the report and the Model artifact name it, and its base.
+    assert (report["model_source"], report["module_file"], report["base_name"]) == (
+        "module_file", "own_run_fn.py", "own_base")
+    assert "backbone" not in report and "backbone_weights" not in report
+    assert model.get_string_custom_property("module_file_sha256") == report["module_file_sha256"] == hashlib.sha256(
+        open(MODULE, "rb").read()).hexdigest()
 
 
 def test_a_user_run_fn_without_the_helper_fails_in_one_line(demo_run, tmp_path):

@@ -6,8 +6,12 @@
   model beats the same head on a random-initialised frozen base;
 - images under other names (`pixels`, `digit`, string labels through a vocabulary), a model from a
   trainer module's `build_model` with its own declared head, a Tuner-style hyperparameters file that
-  changes the learning rate, and TFX's train_args/eval_args step counts.
+  changes the learning rate and shapes the module's model (`num_layers`), and TFX's train_args/eval_args
+  step counts;
+- each run's Model artifact and freeze report name the model's real source and its base.
 """
+
+import hashlib
 
 import json
 import os
@@ -152,12 +156,14 @@ def test_tabular_model_serves_raw_rows_and_beats_a_random_frozen_base(tabular_ru
 @pytest.fixture(scope="module")
 def renamed_images_run(tmp_path_factory):
     """Digits under `pixels` with string labels under `digit`; the model comes from a trainer module's
-    `build_model` with its own head; a hyperparameters file sets the learning rate."""
+    `build_model` with its own head; a hyperparameters file sets the learning rate and the module's
+    `num_layers`."""
     work = tmp_path_factory.mktemp("renamed")
     data_root = write_digits_examples(str(work / "data"), limit=240, image_key="pixels", label_key="digit",
                                       label_names=True)
     hyperparameters = work / "best_hyperparameters.txt"
-    hyperparameters.write_text(json.dumps({"space": [], "values": {"learning_rate": 0.02, "units": 8}}))
+    hyperparameters.write_text(json.dumps({"space": [], "values": {"learning_rate": 0.02, "units": 8,
+                                                                    "num_layers": 3}}))
     output_dir = str(work / "run")
     result = run_local_runner(
         "--output-dir", output_dir, "--data-root", data_root, "--image-key", "pixels", "--label-key", "digit",
@@ -181,18 +187,54 @@ def test_renamed_keys_and_a_module_model_serve_string_classes(renamed_images_run
     assert {name.decode() for name in served["classes"]} <= {DIGIT_NAMES[d] for d in TARGET_DIGITS}
     with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
         report = json.load(f)
-    # The module model's base (conv_1, conv_2) is frozen by the default policy; only its own head trains.
+    # The module model's base (conv_1 to conv_3) is frozen by the default policy; only its own head trains.
     assert report["phases"][0]["trainable_variables"] == 2 and report["task"] == "multiclass"
 
 
 def test_hyperparameters_override_the_learning_rate_visibly(renamed_images_run):
     output_dir, result = renamed_images_run
     summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
-    assert dict(summary.model_properties["hyperparameters"].items()) == {"learning_rate": 0.02, "units": 8}
+    assert dict(summary.model_properties["hyperparameters"].items()) == {"learning_rate": 0.02, "units": 8,
+                                                                         "num_layers": 3}
     with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
         report = json.load(f)
     assert report["phases"][0]["learning_rate"] == 0.02
+    # The module's build_model received the model's own hyperparameters: three convolutions, not its two.
+    assert report["phases"][0]["frozen_variables"] == 6
     assert 'Hyperparameters override the trainer parameters: {"learning_rate": 0.02' in result.stdout
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _provenance(output_dir: str) -> tuple[dict, dict]:
+    """The pushed freeze report's and the Model artifact's source fields."""
+    summary = summarize_latest_run(os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME)
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "freeze_report.json")) as f:
+        report = json.load(f)
+    fields = ("model_source", "base_name", "backbone", "backbone_weights", "backbone_weights_sha256", "module_file",
+              "module_file_sha256")
+    return ({key: report[key] for key in fields if key in report},
+            {key: summary.model_properties[key] for key in fields if key in summary.model_properties})
+
+
+def test_a_build_model_run_names_its_module_and_base_not_a_backbone(renamed_images_run):
+    report, properties = _provenance(renamed_images_run[0])
+    module = os.path.join(MODULES, "small_cnn.py")
+    assert report == {"model_source": "module_file", "module_file": "small_cnn.py",
+                      "module_file_sha256": _file_sha256(module), "base_name": "small_cnn"}
+    assert properties == report
+
+
+def test_a_keras_file_run_names_the_file_and_its_base(tabular_run):
+    output_dir, *_, random_base_path = tabular_run
+    report, properties = _provenance(output_dir)
+    base_path = os.path.join(os.path.dirname(random_base_path), "mlp_base.keras")
+    assert report == {"model_source": "model_file", "backbone": "custom", "backbone_weights": "mlp_base.keras",
+                      "backbone_weights_sha256": _file_sha256(base_path), "base_name": "mlp_base"}
+    assert properties == report
 
 
 def test_train_and_eval_steps_mean_what_they_mean_for_the_stock_trainer(renamed_images_run):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.model_files import ModelFileError, load_model_file
+from freeze_trainer.keras.model_files import ModelFileError, config_refusal, load_model_file, read_config
 
 _apps = tf.keras.applications
 
@@ -74,6 +74,23 @@ def is_saved_backbone(weights: str) -> bool:
     return weights.endswith(".keras")
 
 
+def weights_refusal(weights: str) -> str | None:
+    """Why the weights file `weights` cannot be loaded, as far as can be told without building a model, or
+    None: a local file must exist, and a local `.keras` file's config may name only allowed classes (read,
+    nothing deserialized). `imagenet`, `none` and URIs are checked when the backbone is built."""
+    if weights.lower() in ("imagenet", "none") or "://" in weights:
+        return None
+    if not os.path.exists(weights):
+        return f"{weights!r} does not exist"
+    if is_saved_backbone(weights):
+        try:
+            refusal = config_refusal(read_config(weights), frozenset(saved_backbone_objects()))
+        except ModelFileError as err:
+            refusal = err.reason
+        return refusal and f"{weights}: {refusal}"
+    return None
+
+
 def _local_copy(uri: str, directory: str) -> str:
     """Keras reads weights from local files only; gs:// and other tf.io.gfile URIs are copied first."""
     if os.path.exists(uri):
@@ -102,11 +119,9 @@ def build_backbone(
     if spec and min(input_shape[:2]) < spec.min_size:
         raise BackboneError(f"image_size: {name} needs at least {spec.min_size} px, got {input_shape[:2]}")
     if is_saved_backbone(weights):
-        # The only non-built-in class a saved backbone may name is this project's own.
-        project_objects = {tf.keras.utils.get_registered_name(BackbonePreprocessing): BackbonePreprocessing}
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                model = load_model_file(_local_copy(weights, tmp), project_objects)
+                model = load_model_file(_local_copy(weights, tmp), saved_backbone_objects())
             except ModelFileError as err:  # named by `weights`: the local copy of a URI is a temporary file
                 raise BackboneError(f"backbone_weights: {weights}: {err.reason}") from None
         shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
@@ -148,3 +163,8 @@ class BackbonePreprocessing(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "backbone": self.backbone}
+
+
+def saved_backbone_objects() -> dict[str, type]:
+    """The only non-built-in class a saved backbone may name: this project's own, by its registered name."""
+    return {tf.keras.utils.get_registered_name(BackbonePreprocessing): BackbonePreprocessing}

@@ -20,7 +20,7 @@ from tfx.utils import json_utils
 
 from freeze_trainer.policy import FROZEN_BASE_POLICY
 from freeze_trainer.tfx.executor import Executor
-from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, check_literal_parameters
 
 
 class FreezeTrainerSpec(standard_component_specs.TrainerSpec):
@@ -55,6 +55,12 @@ class FreezeTrainer(base_component.BaseComponent):
       custom_config: A dict passed to `run_fn` as `fn_args.custom_config`.
       **training_parameters: Any of the trainer parameters below, each a value or a `RuntimeParameter`;
         unset ones take the default.
+
+    Raises:
+      PolicyError, ConfigError: a parameter given as a value is invalid (one "key: reason" line): a policy
+        error, a value out of its choices or bounds, a local `backbone_weights` file that does not exist or
+        whose `.keras` config names a class that is not allowed. RuntimeParameters are checked when the run
+        starts.
     """
 
     SPEC_CLASS = FreezeTrainerSpec
@@ -80,6 +86,8 @@ class FreezeTrainer(base_component.BaseComponent):
         unknown = sorted(set(training_parameters) - set(TRAINER_PARAMETER_NAMES))
         if unknown:
             raise TypeError(f"FreezeTrainer got unknown parameter(s) {unknown}; it takes {list(TRAINER_PARAMETER_NAMES)}")
+        # A bad value fails here, where the pipeline is defined; RuntimeParameters when the run starts.
+        check_literal_parameters(freeze_policy=freeze_policy, **training_parameters)
         spec = FreezeTrainerSpec(
             examples=examples,
             transform_graph=transform_graph,

@@ -9,6 +9,7 @@ onto the Model artifact as MLMD custom properties.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
@@ -31,13 +32,19 @@ from freeze_trainer.tfx.trainer_config import (
     TRAINER_PARAMETER_NAMES,
     TrainerConfig,
     apply_hyperparameters,
+    hyperparameter_values,
 )
 
 DEFAULT_RUN_FN = "freeze_trainer.tfx.run_fn.run_fn"
-# A user module may define `build_model(config, contract)` instead of `run_fn`: the default run_fn then
-# trains the model it returns, which reaches run_fn here in fn_args.custom_config.
+# A user module may define `build_model(config, contract[, hyperparameters])` instead of `run_fn`: the
+# default run_fn then trains the model it returns, which reaches run_fn here in fn_args.custom_config.
 BUILD_MODEL_FN = "build_model"
 BUILD_MODEL_KEY = "freeze_trainer_build_model"
+# The file of the user's build_model or run_fn, which the freeze report names when that code makes the model.
+USER_CODE_KEY = "freeze_trainer_user_code"
+# The freeze report's provenance fields (run_fn.model_source), recorded on the Model artifact as they are.
+MODEL_SOURCE_FIELDS = ("model_source", "base_name", "backbone", "backbone_weights", "backbone_weights_sha256",
+                       "module_file", "module_file_sha256")
 _MODULE_KEYS = (standard_component_specs.MODULE_FILE_KEY, standard_component_specs.MODULE_PATH_KEY)
 
 
@@ -57,14 +64,24 @@ def read_hyperparameters(input_dict: dict[str, list[types.Artifact]]) -> dict[st
     if not artifacts:
         return {}
     path = io_utils.get_only_uri_in_dir(artifact_utils.get_single_uri(artifacts))
-    config = json.loads(file_io.read_file_to_string(path))
-    return dict(config.get("values", config))
+    return hyperparameter_values(json.loads(file_io.read_file_to_string(path)))
+
+
+def source_file(fn: Any) -> str | None:
+    """The file that defines a user function: the module file as given, TFX's packaged copy of it (the same
+    bytes: a module file is packaged as a wheel when the pipeline runs), or a `run_fn` path's module."""
+    try:
+        return inspect.getsourcefile(fn) if fn is not None else None
+    except TypeError:  # not Python source: a builtin or a C extension's function
+        return None
 
 
 def record_freeze_report(model_artifact: types.Artifact, config: TrainerConfig, report: dict) -> None:
     model_artifact.set_string_custom_property("freeze_policy", config.freeze_policy.canonical_json())
     model_artifact.set_string_custom_property("freeze_policy_sha256", report["policy_sha256"])
-    model_artifact.set_string_custom_property("backbone", config.backbone)
+    for field in MODEL_SOURCE_FIELDS:
+        if field in report:
+            model_artifact.set_string_custom_property(field, report[field])
     model_artifact.set_string_custom_property("freeze_check", "passed" if report["freeze_check_passed"] else "failed")
     last = report["phases"][-1]  # the state the exported model was trained in last
     model_artifact.set_int_custom_property("frozen_variables", last["frozen_variables"])
@@ -89,6 +106,7 @@ def record_exported_freeze_report(output_dict: dict[str, list[types.Artifact]], 
 class Executor(GenericExecutor):
     _config: TrainerConfig
     _build_model: Any = None
+    _user_code: str | None = None
 
     def Do(
         self,
@@ -118,12 +136,15 @@ class Executor(GenericExecutor):
         """The default run_fn unless the user gave one; a module with `build_model` and no `run_fn` gets
         the default run_fn training that model."""
         has_module = any(exec_properties.get(key) for key in _MODULE_KEYS)
-        if has_module and udf_utils.try_get_fn(exec_properties, "run_fn") is None:
+        user_run_fn = udf_utils.try_get_fn(exec_properties, "run_fn") if has_module or exec_properties.get(
+            "run_fn") else None
+        if has_module and user_run_fn is None:
             self._build_model = udf_utils.try_get_fn(exec_properties, BUILD_MODEL_FN)
             if self._build_model is None:
                 raise ValueError(f"module_file: defines neither run_fn nor {BUILD_MODEL_FN}")
             has_module = False
             exec_properties = {key: value for key, value in exec_properties.items() if key not in _MODULE_KEYS}
+        self._user_code = source_file(self._build_model or user_run_fn)
         if not has_module and not exec_properties.get("run_fn"):
             exec_properties = {**exec_properties, "run_fn": DEFAULT_RUN_FN}
         return exec_properties
@@ -133,6 +154,8 @@ class Executor(GenericExecutor):
         extra = {CUSTOM_CONFIG_KEY: self._config}
         if self._build_model is not None:
             extra[BUILD_MODEL_KEY] = self._build_model
+        if self._user_code is not None:
+            extra[USER_CODE_KEY] = self._user_code
         fn_args.custom_config = {**(fn_args.custom_config or {}), **extra}
         return fn_args
 

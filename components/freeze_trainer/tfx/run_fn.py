@@ -24,6 +24,7 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from freeze_trainer.keras.backbones import is_saved_backbone
 from freeze_trainer.keras.distribution import choose_strategy, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
@@ -31,11 +32,11 @@ from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
 from freeze_trainer.keras.training import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
-from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, trainer_config
+from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, USER_CODE_KEY, trainer_config
 from freeze_trainer.tfx.run_report import HISTORY_FILE, write_run_report
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
-from freeze_trainer.tfx.trainer_config import TrainerConfig
-from freeze_trainer.tfx.trainer_model import bind_inputs, build_from_config
+from freeze_trainer.tfx.trainer_config import TrainerConfig, hyperparameter_values, model_hyperparameters
+from freeze_trainer.tfx.trainer_model import base_model_name, bind_inputs, build_from_config
 from freeze_trainer.tfx.warm_start import warm_start_from_saved_model
 
 
@@ -88,27 +89,47 @@ def _labeled_examples(fn_args: FnArgs, files: list[str], schema, inputs: dict[st
                         ).unbatch().with_options(sharding)
 
 
-def weights_record(backbone_weights: str) -> dict[str, str]:
-    """How the report names the backbone weights: `imagenet`, `none` or a URI as given; a local path by its
-    basename, and a local file also by its SHA-256, so the pushed model names no path of this machine."""
-    if backbone_weights in ("imagenet", "none") or "://" in backbone_weights:
-        return {"backbone_weights": backbone_weights}
-    record = {"backbone_weights": os.path.basename(backbone_weights.rstrip("/"))}
-    if os.path.isfile(backbone_weights):
+def file_record(key: str, path: str) -> dict[str, str]:
+    """How the report names a file: a URI as given; a local path by its basename, and a local file also by
+    its SHA-256 (`<key>_sha256`), so the pushed model names no path of this machine."""
+    if "://" in path:
+        return {key: path}
+    record = {key: os.path.basename(path.rstrip("/"))}
+    if os.path.isfile(path):
         digest = hashlib.sha256()
-        with open(backbone_weights, "rb") as f:
+        with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        record["backbone_weights_sha256"] = digest.hexdigest()
+        record[f"{key}_sha256"] = digest.hexdigest()
     return record
 
 
+def weights_record(backbone_weights: str) -> dict[str, str]:
+    """How the report names the backbone weights: `imagenet` and `none` as given, a file as `file_record`."""
+    if backbone_weights in ("imagenet", "none"):
+        return {"backbone_weights": backbone_weights}
+    return file_record("backbone_weights", backbone_weights)
+
+
+def model_source(config: TrainerConfig, user_code: str | None, model: tf.keras.Model) -> dict[str, str]:
+    """Where the trained model came from (the executor's `MODEL_SOURCE_FIELDS`): `user_code`, the file of
+    the `build_model` or user `run_fn` that built or passed the model, by name and SHA-256; without one, the
+    `.keras` file or the keras.applications `backbone` with its weights that the parameters name. And
+    `base_name`, the base's own Keras name."""
+    if user_code is not None:
+        record = {"model_source": "module_file", **file_record("module_file", user_code)}
+    else:
+        kind = "model_file" if is_saved_backbone(config.backbone_weights) else "keras.applications"
+        record = {"model_source": kind, "backbone": config.backbone, **weights_record(config.backbone_weights)}
+    return {**record, "base_name": base_model_name(model)}
+
+
 def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[PhasePlan], checks,
-                  metrics: dict[str, float], steps_per_epoch: int | None) -> dict:
+                  metrics: dict[str, float], steps_per_epoch: int | None, source: dict[str, str]) -> dict:
+    """`source`: the model's provenance (`model_source`)."""
     return {
         "policy_sha256": config.freeze_policy.sha256(),
-        "backbone": config.backbone,
-        **weights_record(config.backbone_weights),
+        **source,
         "training_loop": config.training_loop,
         "task": contract.task.name,
         "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
@@ -132,8 +153,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     """Trains under the executor's validated config and exports with the freeze report; returns the report.
 
     `model` is a model of the user's own (its head declared by the `head_layers` parameter, or built with
-    `freeze_trainer.keras.build_classifier`), or a function `(config, contract) -> model` called inside
-    the distribution strategy's scope; None builds the model the parameters describe."""
+    `freeze_trainer.keras.build_classifier`), or a function `(config, contract[, hyperparameters]) -> model`
+    called inside the distribution strategy's scope; None builds the model the parameters describe."""
     config = trainer_config(fn_args)
     tf.keras.utils.set_random_seed(config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
@@ -141,6 +162,9 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     contract = data_contract(fn_args, config, tft_output, schema)
     build_model = model if callable(model) and not isinstance(model, tf.keras.Model) else None
     build_model = build_model or (fn_args.custom_config or {}).get(BUILD_MODEL_KEY)
+    # The report names the user's code when it builds or passes the model.
+    user_code = (fn_args.custom_config or {}).get(USER_CODE_KEY) if model is not None or build_model else None
+    hyperparameters = model_hyperparameters(hyperparameter_values(fn_args.hyperparameters))  # TFX's Tuner's
 
     if config.mixed_precision != "none":
         tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -151,7 +175,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         if isinstance(model, tf.keras.Model):
             model = build_from_config(config, contract, given=model)
         else:
-            model = build_from_config(config, contract, build_model=build_model)
+            model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
         contract = bind_inputs(config, contract, model, from_module=from_module)
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
@@ -201,7 +225,8 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             checkpoint_dir=checkpoint_dir,
             checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
-    report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch)
+    report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch,
+                           model_source(config, user_code, model))
     logging.info("Freeze check passed for every phase: %s", report["phases"])
     report_assets = write_run_report(config, plans, report, history_path, fn_args.model_run_dir)  # best-effort
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.

@@ -69,8 +69,8 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: di
         "freeze_report": freeze_report,
         "policy": config.freeze_policy.model_dump(mode="json", exclude_none=True),
         "plan_text": format_plan_groups(plans),
-        "plan_png": _picture("plan picture",
-                             lambda: plan_figure(plans, f"{config.backbone}: one row per phase, width ∝ parameters")),
+        "plan_png": _picture("plan picture", lambda: plan_figure(
+            plans, f"{freeze_report['base_name']}: one row per phase, width ∝ parameters")),
         "curves_png": _picture("training curves", lambda: curves_figure(history, plans)) if history else None,
         "phases": [
             {"summary": phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None),

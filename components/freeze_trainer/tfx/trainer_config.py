@@ -212,13 +212,30 @@ TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
 )
 TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETERS)
 
+
+def check_literal_parameters(**values) -> None:
+    """What `FreezeTrainer(...)` checks when the pipeline is defined: the parameters given as plain values,
+    validated as `TrainerConfig.from_parameters` does, with the defaults for the rest, and a local
+    `backbone_weights` file (`keras.backbones.weights_refusal`: it exists; a `.keras` file names only
+    allowed classes). A RuntimeParameter or placeholder is left to the executor, when the run starts.
+    Raises PolicyError or ConfigError naming the parameter."""
+    literal = {key: value for key, value in values.items() if isinstance(value, (str, int, float))}
+    config = TrainerConfig.from_parameters(**literal)
+    if "backbone_weights" in literal:
+        from freeze_trainer.keras.backbones import weights_refusal  # TensorFlow, as the backbone validator
+
+        refusal = weights_refusal(config.backbone_weights)
+        if refusal:
+            raise ConfigError("backbone_weights", refusal)
+
+
 POLICY_HYPERPARAMETER_PREFIX = "policy."
 
 
 def apply_hyperparameters(values: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """`values` (parameter name -> value, None for the default) with the Tuner's `hyperparameters` applied:
     a name of the table overrides that parameter; `policy.<path>` a policy field, e.g.
-    `policy.phases.1.learning_rate`. Other names are the user model's own and are left alone."""
+    `policy.phases.1.learning_rate`. Other names are the user model's own (`model_hyperparameters`)."""
     values = dict(values)
     policy_fields = {}
     for name, value in hyperparameters.items():
@@ -234,6 +251,20 @@ def apply_hyperparameters(values: dict[str, Any], hyperparameters: dict[str, Any
             _set_path(document, path, value)
         values["freeze_policy"] = json.dumps(document)
     return values
+
+
+def hyperparameter_values(document: dict[str, Any] | None) -> dict[str, Any]:
+    """The name -> value mapping of a hyperparameters document: KerasTuner's `HyperParameters.get_config()`
+    (what TFX's Tuner writes), or a plain mapping (an Importer's file); {} without one."""
+    document = document or {}
+    return dict(document.get("values", document))
+
+
+def model_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `apply_hyperparameters` leaves alone, the user model's own: what a module's
+    `build_model(config, contract, hyperparameters)` receives (a Tuner's `num_layers`, say)."""
+    return {name: value for name, value in hyperparameters.items()
+            if name not in TRAINER_PARAMETER_NAMES and not name.startswith(POLICY_HYPERPARAMETER_PREFIX)}
 
 
 def _set_path(document: Any, path: str, value: Any) -> None:

@@ -6,19 +6,23 @@ Three sources of a model:
   under a new head for the task;
 - any Keras model in a `.keras` file (`backbone: custom`), used as the pretrained base under a new head,
   or, when `head_layers` names its own head layers, as the whole model;
-- a user module's `build_model(config, contract)` hook, or a model a user `run_fn` passes: a base under a
-  new head, or, with `head_layers`, the whole model.
+- a user module's `build_model(config, contract[, hyperparameters])` hook, or a model a user `run_fn`
+  passes: a base under a new head, or, with `head_layers`, the whole model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 import tensorflow as tf
 
 from freeze_trainer.keras.backbones import build_backbone
-from freeze_trainer.keras.classifier_model import build_classifier, declare_head, has_head
+from freeze_trainer.keras.classifier_model import (
+    HEAD_LAYER_NAMES, backbone_of, build_classifier, declare_head, has_head, head_layer_names,
+)
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 from freeze_trainer.tfx.data_contract import DataContract, Shape, model_inputs
@@ -32,14 +36,15 @@ def build_from_config(
     contract: DataContract,
     build_model: BuildModel | None = None,
     given: tf.keras.Model | None = None,
+    hyperparameters: dict[str, Any] | None = None,
 ) -> tf.keras.Model:
-    """The model to train: `given`, or what `build_model(config=..., contract=...)` returns, or the
-    configured backbone; with a new head for the contract's task unless `head_layers` names the model's own
-    or it has a head already (built with `build_classifier`)."""
+    """The model to train: `given`, or what `build_model` returns (`call_build_model`), or the configured
+    backbone; with a new head for the contract's task unless `head_layers` names the model's own or it has
+    a head already (built with `build_classifier`)."""
     if given is not None:
         base = given
     elif build_model is not None:
-        base = build_model(config=config, contract=contract)
+        base = call_build_model(build_model, config, contract, hyperparameters or {})
     else:
         architecture = None if config.backbone == CUSTOM_BACKBONE else config.backbone
         # A `.keras` base keeps its own inputs: `bind_inputs` checks them against the data, every one by name.
@@ -69,6 +74,25 @@ def bind_inputs(config: TrainerConfig, contract: DataContract, model: tf.keras.M
     return replace(contract, inputs=model_inputs(contract, model, parameter))
 
 
+def call_build_model(build_model: BuildModel, config: TrainerConfig, contract: DataContract,
+                     hyperparameters: dict[str, Any]) -> tf.keras.Model:
+    """`build_model(config=..., contract=..., hyperparameters=...)`: the model's own hyperparameters
+    (`trainer_config.model_hyperparameters`) go to a function that takes a `hyperparameters` argument (or
+    `**kwargs`); the original two-argument form gets only the config and the contract."""
+    parameters = inspect.signature(build_model).parameters.values()
+    takes = any(p.name == "hyperparameters" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return build_model(config=config, contract=contract, **({"hyperparameters": hyperparameters} if takes else {}))
+
+
+def base_model_name(model: tf.keras.Model) -> str:
+    """The base's own Keras name: the model a new head wraps (`build_classifier`), else the model's own (one
+    whose head `head_layers` declares)."""
+    if head_layer_names(model) == HEAD_LAYER_NAMES:
+        with contextlib.suppress(ValueError):  # not one nested model: the model is the base's only name
+            return backbone_of(model).name
+    return model.name
+
+
 def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2, task: Task = MULTICLASS,
                       features: dict[str, Shape] | None = None, feature_key: str = "features") -> DataContract:
     """A stand-in contract for planning without examples: only the shapes and the task matter to a plan.
@@ -80,18 +104,19 @@ def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2,
 
 
 def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
-                    build_model: BuildModel | None = None, features: dict[str, Shape] | None = None
-                    ) -> list[PhasePlan]:
+                    build_model: BuildModel | None = None, features: dict[str, Shape] | None = None,
+                    hyperparameters: dict[str, Any] | None = None) -> list[PhasePlan]:
     """Plans a trainer configuration without data or downloads: the backbone is built with random
     weights for `imagenet` (a download), and with the given file otherwise, so that a weights file
     that does not fit fails here rather than after the data is processed; `build_model` (a user
-    module's hook) builds the model instead. With `features` (the Transform's outputs and their shapes,
-    where known before the pipeline runs), the model's inputs are checked against them too."""
+    module's hook, given the model's own `hyperparameters`) builds the model instead. With `features`
+    (the Transform's outputs and their shapes, where known before the pipeline runs), the model's inputs
+    are checked against them too."""
     weights = "none" if config.backbone_weights.lower() == "imagenet" else config.backbone_weights
     config = config.model_copy(update={"backbone_weights": weights})
     contract = planning_contract(input_shape, num_classes, features=features,
                                  feature_key=config.model_feature_key if features is not None else "features")
-    model = build_from_config(config, contract, build_model=build_model)
+    model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
     if features is not None:
         bind_inputs(config, contract, model, from_module=build_model is not None)
     return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
