@@ -175,7 +175,7 @@ def search(space: str, base_policy: str | None, **kwargs) -> None:
     per-run, every value passes the trainer's and the policy's bounds, every combination plans (a range by
     its two ends)."""
     from freeze_trainer.keras.backbones import BackboneError
-    from freeze_trainer.tfx.search_space import SearchSpaceError, format_values, parse_search_space, plan_combinations
+    from freeze_trainer.tfx.search_space import SearchSpaceError, format_values, plan_combinations, read_search_space
     from freeze_trainer.tfx.trainer_config import ConfigError
 
     kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
@@ -184,7 +184,7 @@ def search(space: str, base_policy: str | None, **kwargs) -> None:
     try:
         base["freeze_policy"] = base_policy and read_policy_source(base_policy)
         TrainerConfig.from_parameters(**base)
-        searched = parse_search_space(read_policy_source(space), base)
+        searched = read_search_space(space, base)
         planned = plan_combinations(searched, base, (kwargs["image_size"],) * 2 + (3,), kwargs["num_classes"])
     except SearchSpaceError as err:
         raise _BadSearchSpace(str(err)) from None

@@ -423,12 +423,12 @@ class FreezePolicy(_Strict):
 FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[_FREEZE_BASE])
 
 
-def read_policy_source(value: str) -> str:
-    """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline. A
+def read_policy_source(value: str, noun: str = "policy") -> str:
+    """A command-line policy (or other `noun`) argument: the path of a JSON/YAML file, or the text inline. A
     one-line argument that reads as a path (a `/`, or a .json/.yaml/.yml ending) must be a readable file."""
     if os.path.isfile(value):
         if os.path.getsize(value) > MAX_POLICY_BYTES:
-            raise PolicyError("", f"policy file {value}: larger than {MAX_POLICY_BYTES} bytes")
+            raise PolicyError("", f"{noun} file {value}: larger than {MAX_POLICY_BYTES} bytes")
         with open(value) as f:
             return f.read()
     looks_like_path = "\n" not in value and not value.lstrip().startswith("{") and ": " not in value and (
@@ -436,7 +436,7 @@ def read_policy_source(value: str) -> str:
     if looks_like_path:
         reason = "is a directory" if os.path.isdir(value) else "is not a regular file" if os.path.exists(value) \
             else "does not exist"
-        raise PolicyError("", f"policy file {value} {reason}")
+        raise PolicyError("", f"{noun} file {value} {reason}")
     return value
 
 

@@ -27,9 +27,15 @@ import math
 from typing import Annotated, Any, Iterator, Literal, Union
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, model_validator
 
-from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, PolicyError, load_document, parse_policy
+from freeze_trainer.policy.freeze_policy import (
+    FROZEN_BASE_POLICY,
+    PolicyError,
+    load_document,
+    parse_policy,
+    read_policy_source,
+)
 from freeze_trainer.policy.validation import error_key, first_error
 from freeze_trainer.tfx.trainer_config import (
     POLICY_HYPERPARAMETER_PREFIX,
@@ -67,10 +73,10 @@ class _Strict(BaseModel):
 class Range(_Strict):
     """Values from `min` to `max`: integers when both ends are integers, floats otherwise."""
 
-    min: int | float
-    max: int | float
+    min: float | int
+    max: float | int
     sampling: Literal["linear", "log"] = Field("linear", description="`log`: uniform in the logarithm (rates).")
-    step: int | float | None = Field(None, gt=0, description="Only values `min + k × step` (linear sampling).")
+    step: float | int | None = Field(None, gt=0, description="Only values `min + k × step` (linear sampling).")
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -92,39 +98,53 @@ class Range(_Strict):
         return f"{kind} from {self.min:g} to {self.max:g}{step}"
 
 
+# Tags of the two-way unions below: pydantic puts them in an error's location, and `_document_error` drops them.
+_TAG = "<{}>"
+
+
 def _value_kind(value: Any) -> str | None:
-    return "values" if isinstance(value, list) else "range" if isinstance(value, dict) else None
+    return _TAG.format("values") if isinstance(value, list) else _TAG.format("range") if isinstance(value, dict) \
+        else None
 
 
 SearchedValues = Annotated[
     Union[
-        Annotated[list[Any], Tag("values"), Field(min_length=1)],
-        Annotated[Range, Tag("range")],
+        Annotated[list[Any], Tag(_TAG.format("values")), Field(min_length=1)],
+        Annotated[Range, Tag(_TAG.format("range"))],
     ],
     Discriminator(_value_kind, custom_error_type="search_values",
                   custom_error_message="a list of values, or a range {min, max, sampling}"),
 ]
 
 
+def _known_metric(name: str) -> str:
+    if name.removeprefix("val_") not in OBJECTIVE_METRICS:
+        known = [f"{prefix}{metric}" for prefix in ("val_", "") for metric in OBJECTIVE_METRICS]
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(f"unknown metric {name!r}" + (f"; closest: {close[0]}" if close else
+                                                        f"; the trainer records {', '.join(known)}"))
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric),
+                       Field(description=f"`val_<metric>` or `<metric>`; metrics: {', '.join(OBJECTIVE_METRICS)}.")]
+
+
 class Objective(_Strict):
     """The metric the search optimises: a training metric, usually on the validation data (`val_`)."""
 
-    name: str = Field(..., description=f"`val_<metric>` or `<metric>`; metrics: {', '.join(OBJECTIVE_METRICS)}.")
+    name: MetricName
     direction: Literal["min", "max"] | None = Field(None, description="Default: `min` for loss and mse, else `max`.")
-
-    @field_validator("name")
-    @classmethod
-    def _known_metric(cls, name: str) -> str:
-        if name.removeprefix("val_") not in OBJECTIVE_METRICS:
-            known = [f"{prefix}{metric}" for prefix in ("val_", "") for metric in OBJECTIVE_METRICS]
-            close = difflib.get_close_matches(name, known, n=1)
-            raise ValueError(f"unknown metric {name!r}" + (f"; closest: {close[0]}" if close else
-                                                            f"; the trainer records {', '.join(known)}"))
-        return name
 
     @property
     def resolved_direction(self) -> str:
         return self.direction or ("min" if self.name.removeprefix("val_") in _LOWER_IS_BETTER else "max")
+
+
+ObjectiveOrName = Annotated[
+    Union[Annotated[Objective, Tag(_TAG.format("objective"))], Annotated[MetricName, Tag(_TAG.format("name"))]],
+    Discriminator(lambda value: _TAG.format("name") if isinstance(value, str) else _TAG.format("objective")),
+]
 
 
 class SearchSpace(_Strict):
@@ -137,15 +157,13 @@ class SearchSpace(_Strict):
         " (e.g. `policy.phases.1.learning_rate`); each a list of values or a range.",
     )
     max_trials: PositiveInt | None = Field(None, description="Default: every combination, for lists only.")
-    objective: Objective | None = Field(None, description="Default: the task's validation metric (see DEFAULT_OBJECTIVES).")
+    objective: ObjectiveOrName | None = Field(
+        None, description="A metric's name or {name, direction}; default: the task's validation metric: val_accuracy,"
+        " val_auc for binary tasks, val_loss for regression."
+    )
     algorithm: Literal["random", "bayesian", "hyperband"] = Field(
         "random", description="KerasTuner's RandomSearch, BayesianOptimization or Hyperband."
     )
-
-    @field_validator("objective", mode="before")
-    @classmethod
-    def _objective_by_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _trials_for_ranges(self) -> SearchSpace:
@@ -179,11 +197,17 @@ class SearchSpace(_Strict):
         return min(self.max_trials or self.combination_count, self.combination_count) if self.is_grid \
             else self.max_trials
 
+    @property
+    def goal(self) -> Objective | None:
+        """The objective named, as {name, direction}; None: the task's default (`default_objective`)."""
+        return Objective(name=self.objective) if isinstance(self.objective, str) else self.objective
+
     def objective_text(self) -> str:
-        if self.objective is None:
+        goal = self.goal
+        if goal is None:
             return ("the task's validation metric (val_accuracy, maximised; val_auc for binary tasks, val_loss"
                     " minimised for regression)")
-        return f"{self.objective.name} ({'maximised' if self.objective.resolved_direction == 'max' else 'minimised'})"
+        return f"{goal.name} ({'maximised' if goal.resolved_direction == 'max' else 'minimised'})"
 
 
 def default_objective(task: str) -> Objective:
@@ -208,11 +232,9 @@ def search_space_json_schema() -> dict:
 
 
 def _document_error(err: pydantic.ValidationError) -> SearchSpaceError:
-    """The first error, its key without pydantic's names of the two kinds of searched values."""
+    """The first error, its key without the unions' tags."""
     _, reason = first_error(err)
-    loc = err.errors()[0]["loc"]
-    if loc[:1] == ("hyperparameters",) and len(loc) > 2 and loc[2] in ("values", "range"):
-        loc = loc[:2] + loc[3:]
+    loc = tuple(part for part in err.errors()[0]["loc"] if not (isinstance(part, str) and part.startswith("<")))
     return SearchSpaceError(error_key(loc), reason)
 
 
@@ -248,8 +270,15 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> TrainerConfig:
     return TrainerConfig.from_parameters(**apply_hyperparameters(base, values))
 
 
-def _reason(err: PolicyError | ConfigError) -> str:
-    return str(err).removeprefix("freeze policy: ")
+def _value_error(name: str, value: Any, err: PolicyError | ConfigError) -> SearchSpaceError:
+    """`hyperparameters.<name>: value <value>: <reason>`, with the policy's or the table's key where it
+    is another than the one searched."""
+    reason = str(err).removeprefix("freeze policy: ")
+    policy_path = name.removeprefix(POLICY_HYPERPARAMETER_PREFIX)
+    searched = (name, error_key(tuple(int(part) if part.isdigit() else part for part in policy_path.split("."))))
+    if err.key in searched:
+        reason = reason.removeprefix(f"{err.key}: ")
+    return SearchSpaceError(f"hyperparameters.{name}", f"value {format_value(value)}: {reason}")
 
 
 def parse_search_space(text: str, base: dict[str, Any]) -> SearchSpace:
@@ -270,7 +299,7 @@ def parse_search_space(text: str, base: dict[str, Any]) -> SearchSpace:
     try:
         policy = parse_policy(base_policy) if isinstance(base_policy, str) else base_policy or FROZEN_BASE_POLICY
     except PolicyError as err:
-        raise SearchSpaceError("", f"the base policy: {_reason(err)}") from None
+        raise SearchSpaceError("", f"the base {err}") from None
     policy_paths = set(_policy_paths(policy.model_dump(mode="json"), ""))
     for name in space.hyperparameters:
         _check_key(name, policy_paths)
@@ -278,20 +307,29 @@ def parse_search_space(text: str, base: dict[str, Any]) -> SearchSpace:
             try:
                 trial_config(base, {name: value})
             except (PolicyError, ConfigError) as err:
-                raise SearchSpaceError(f"hyperparameters.{name}", f"value {format_value(value)}: {_reason(err)}") \
-                    from None
+                raise _value_error(name, value, err) from None
     return space
 
 
+def read_search_space(value: str, base: dict[str, Any]) -> SearchSpace:
+    """`parse_search_space` of a command-line argument: a JSON/YAML file's path, or the space inline."""
+    try:
+        text = read_policy_source(value, noun="search space")
+    except PolicyError as err:  # "search space: file x.yaml does not exist"
+        raise SearchSpaceError(err.key, err.reason.removeprefix("search space ")) from None
+    return parse_search_space(text, base)
+
+
 def plan_combinations(space: SearchSpace, base: dict[str, Any], input_shape: tuple[int, ...] | None,
-                      num_classes: int = 2) -> list[tuple[dict[str, Any], list]]:
+                      num_classes: int = 2, models: dict | None = None) -> list[tuple[dict[str, Any], list]]:
     """Plans every value alone, then every combination, against the base model, without data: each
     combination with its phase plans. A value that fails alone is named by its key; a combination by its
-    values. Imports TensorFlow and builds the model (once per set of the parameters it depends on)."""
+    values. Imports TensorFlow and builds the model once per set of the parameters it depends on, kept in
+    `models` (pass one dict to share them between calls with the same `input_shape` and `num_classes`)."""
     from freeze_trainer.keras.freeze_plan import plan_policy
     from freeze_trainer.tfx.trainer_model import planning_model
 
-    models = {}
+    models = {} if models is None else models
 
     def plan(values: dict[str, Any]) -> list:
         config = trial_config(base, values)
@@ -305,13 +343,12 @@ def plan_combinations(space: SearchSpace, base: dict[str, Any], input_shape: tup
             try:
                 plan({name: value})
             except (PolicyError, ConfigError) as err:
-                raise SearchSpaceError(f"hyperparameters.{name}", f"value {format_value(value)}: {_reason(err)}") \
-                    from None
+                raise _value_error(name, value, err) from None
     planned = []
     for number, values in enumerate(space.combinations(), start=1):
         try:
             planned.append((values, plan(values)))
         except (PolicyError, ConfigError) as err:
             raise SearchSpaceError("hyperparameters", f"combination {number} ({format_values(values)}):"
-                                   f" {_reason(err)}") from None
+                                   f" {str(err).removeprefix('freeze policy: ')}") from None
     return planned
