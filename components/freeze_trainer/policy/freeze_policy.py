@@ -18,7 +18,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from freeze_trainer.policy.validation import first_error
+from freeze_trainer.policy.validation import DocumentError, first_error
 
 # Bounds that keep a policy document cheap to read: a YAML alias bomb or deep nesting fails fast.
 MAX_POLICY_BYTES = 64 * 1024
@@ -29,13 +29,10 @@ LearningRate = Annotated[float, Field(ge=1e-8, le=10.0, allow_inf_nan=False)]
 Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
 
 
-class PolicyError(ValueError):
+class PolicyError(DocumentError):
     """An invalid freeze policy. `key` is the dotted path of the offending entry."""
 
-    def __init__(self, key: str, reason: str):
-        self.key = key
-        self.reason = reason
-        super().__init__(f"freeze policy: {key}: {reason}" if key else f"freeze policy: {reason}")
+    document = "freeze policy"
 
 
 class _Strict(BaseModel):

@@ -36,7 +36,7 @@ from freeze_trainer.policy.freeze_policy import (
     parse_policy,
     read_policy_source,
 )
-from freeze_trainer.policy.validation import error_key, first_error
+from freeze_trainer.policy.validation import DocumentError, error_key, first_error
 from freeze_trainer.tfx.trainer_config import (
     POLICY_HYPERPARAMETER_PREFIX,
     TRAINER_PARAMETERS,
@@ -49,7 +49,8 @@ from freeze_trainer.tfx.trainer_config import (
 # `val_<name>` on the validation data; a lower loss or squared error is better, a higher anything else.
 OBJECTIVE_METRICS = ("loss", "accuracy", "auc", "mse")
 _LOWER_IS_BETTER = ("loss", "mse")
-# The objective of a space that names none: each task's first validation metric, the loss for regression.
+# The objective of a space that names none: the task's validation metric; AUC for a binary task (accuracy
+# hides a skewed class balance), the loss for regression.
 DEFAULT_OBJECTIVES = {"multiclass": "val_accuracy", "binary": "val_auc", "multi_label": "val_accuracy",
                       "regression": "val_loss"}
 # The trainer parameters a model's layers depend on: a plan reuses the model while they stay the same.
@@ -57,13 +58,10 @@ _MODEL_PARAMETERS = ("backbone", "backbone_weights", "backbone_alpha", "dropout"
 _PER_RUN = {parameter.name: parameter.per_run for parameter in TRAINER_PARAMETERS}
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(DocumentError):
     """An invalid search space; `key` is the dotted path of the offending entry."""
 
-    def __init__(self, key: str, reason: str):
-        self.key = key
-        self.reason = reason
-        super().__init__(f"search space: {key}: {reason}" if key else f"search space: {reason}")
+    document = "search space"
 
 
 class _Strict(BaseModel):
@@ -199,20 +197,16 @@ class SearchSpace(_Strict):
 
     @property
     def goal(self) -> Objective | None:
-        """The objective named, as {name, direction}; None: the task's default (`default_objective`)."""
+        """The objective named, as {name, direction}; None: the task's (DEFAULT_OBJECTIVES)."""
         return Objective(name=self.objective) if isinstance(self.objective, str) else self.objective
 
     def objective_text(self) -> str:
         goal = self.goal
         if goal is None:
-            return ("the task's validation metric (val_accuracy, maximised; val_auc for binary tasks, val_loss"
-                    " minimised for regression)")
+            return (f"the task's validation metric ({DEFAULT_OBJECTIVES['multiclass']}, maximised;"
+                    f" {DEFAULT_OBJECTIVES['binary']} for binary tasks, {DEFAULT_OBJECTIVES['regression']} minimised"
+                    " for regression)")
         return f"{goal.name} ({'maximised' if goal.resolved_direction == 'max' else 'minimised'})"
-
-
-def default_objective(task: str) -> Objective:
-    """The objective of a space that names none, for a resolved task (`multiclass`, `binary`, ...)."""
-    return Objective(name=DEFAULT_OBJECTIVES[task])
 
 
 def format_value(value: Any) -> str:
