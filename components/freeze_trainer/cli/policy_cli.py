@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import click
@@ -50,8 +51,9 @@ _model_options = [
 ]
 
 
-def model_options(command, with_policy: bool = True):
-    for option in reversed(_model_options if with_policy else _model_options[1:]):
+def model_options(command, policy_argument: bool = True):
+    """The options of a command that plans on a model; `policy_argument=False` leaves out the POLICY argument."""
+    for option in reversed(_model_options if policy_argument else _model_options[1:]):
         command = option(command)
     return command
 
@@ -169,7 +171,7 @@ class _BadSearchSpace(click.ClickException):
 @click.argument("space")
 @click.option("--freeze-policy", "base_policy", default=None,
               help="The base policy the space's `policy.<path>` values change (file or text); default: a frozen base.")
-@lambda command: model_options(command, with_policy=False)
+@functools.partial(model_options, policy_argument=False)
 def search(space: str, base_policy: str | None, **kwargs) -> None:
     """List the trials a search space would run, after checking it without data: every key exists and is
     per-run, every value passes the trainer's and the policy's bounds, every combination plans (a range by
