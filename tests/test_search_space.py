@@ -113,6 +113,11 @@ def test_a_name_the_trainer_does_not_know_is_refused_though_an_artifact_would_pa
      "hyperparameters.policy.batchnorm: value moving: Input should be 'frozen', 'affine' or 'train'"),
     ({"dropout": {"min": 0.0, "max": 1.0}},  # a range's ends are checked
      "hyperparameters.dropout: value 1: must be in [0, 1)"),
+    ({"freeze_policy": [{"version": 1, "rules": [{"freeze": {"base": True}}]}]},
+     'hyperparameters.freeze_policy: value {"version":1,"rules":[{"freeze":{"base":true}}]}: a policy\'s JSON or YAML'),
+    ({"freeze_policy": ["version: 1\nrules: [{freeze: {base: false}}]"]},
+     'hyperparameters.freeze_policy: value "version: 1\\nrules: [{freeze: {base: false}}]":'
+     " rules[0].freeze.base: Input should be True"),
     ({"policy.phases.1.rules.1.unfreeze": [{"group": "block_16", "regex": "block_15_.*"}]},
      'hyperparameters.policy.phases.1.rules.1.unfreeze: value {"group":"block_16","regex":"block_15_.*"}: a selector'
      " sets exactly one of"),

@@ -210,10 +210,11 @@ class SearchSpace(_Strict):
 
 
 def format_value(value: Any) -> str:
-    """A value as the trial lines show it: JSON, compact, numbers as `%g`."""
+    """A value as the trial lines show it: compact JSON, numbers as `%g`, one-line text unquoted."""
     if isinstance(value, float):
         return f"{value:g}"
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    one_line = isinstance(value, str) and "\n" not in value  # a policy's text is quoted, to stay on one line
+    return value if one_line else json.dumps(value, separators=(",", ":"))
 
 
 def format_values(values: dict[str, Any]) -> str:
@@ -298,6 +299,9 @@ def parse_search_space(text: str, base: dict[str, Any]) -> SearchSpace:
     for name in space.hyperparameters:
         _check_key(name, policy_paths)
         for value in space.checked_values(name):
+            if name == "freeze_policy" and not isinstance(value, str):  # as the pipeline parameter: text
+                raise SearchSpaceError(f"hyperparameters.{name}", f"value {format_value(value)}: a policy's JSON or"
+                                       " YAML text (search a policy's fields as policy.<path>)")
             try:
                 trial_config(base, {name: value})
             except (PolicyError, ConfigError) as err:
