@@ -2,11 +2,13 @@
 
     freeze-policy validate policy.yaml --backbone MobileNetV2
     freeze-policy plan policy.yaml --backbone ResNet50 --image-size 224 [--layers] [--format json] [--picture plan.png]
-    freeze-policy schema > freeze_policy.schema.json
+    freeze-policy schema [--search] > freeze_policy.schema.json
+    freeze-policy search space.yaml --backbone MobileNetV2 --freeze-policy base.json
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import click
@@ -49,8 +51,9 @@ _model_options = [
 ]
 
 
-def model_options(command):
-    for option in reversed(_model_options):
+def model_options(command, policy_argument: bool = True):
+    """The options of a command that plans on a model; `policy_argument=False` leaves out the POLICY argument."""
+    for option in reversed(_model_options if policy_argument else _model_options[1:]):
         command = option(command)
     return command
 
@@ -150,9 +153,64 @@ def validate(**kwargs) -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the policy's JSON Schema."""
-    click.echo(json.dumps(policy_json_schema(), indent=2))
+@click.option("--search", "search_space", is_flag=True, help="The schema of a search space (`freeze-policy search`).")
+def schema(search_space: bool) -> None:
+    """Print the policy's JSON Schema, or a search space's."""
+    from freeze_trainer.tfx.search_space import search_space_json_schema
+
+    click.echo(json.dumps(search_space_json_schema() if search_space else policy_json_schema(), indent=2))
+
+
+class _BadSearchSpace(click.ClickException):
+    """A search space that would not run: one line naming the key and the reason, before any trial."""
+
+    exit_code = 2
+
+
+@main.command()
+@click.argument("space")
+@click.option("--freeze-policy", "base_policy", default=None,
+              help="The base policy the space's `policy.<path>` values change (file or text); default: a frozen base.")
+@functools.partial(model_options, policy_argument=False)
+def search(space: str, base_policy: str | None, **kwargs) -> None:
+    """List the trials a search space would run, after checking it without data: every key exists and is
+    per-run, every value passes the trainer's and the policy's bounds, every combination plans (a range by
+    its two ends)."""
+    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.tfx.search_space import SearchSpaceError, format_values, plan_combinations, read_search_space
+    from freeze_trainer.tfx.trainer_config import ConfigError
+
+    kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
+    base = {"backbone": kwargs["backbone"], "backbone_weights": kwargs["backbone_weights"],
+            "backbone_alpha": kwargs["alpha"], "learning_rate": kwargs["learning_rate"], "epochs": kwargs["epochs"]}
+    try:
+        base["freeze_policy"] = base_policy and read_policy_source(base_policy)
+        TrainerConfig.from_parameters(**base)
+        searched = read_search_space(space, base)
+        planned = plan_combinations(searched, base, (kwargs["image_size"],) * 2 + (3,), kwargs["num_classes"])
+    except SearchSpaceError as err:
+        raise _BadSearchSpace(str(err)) from None
+    except (PolicyError, ConfigError, BackboneError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(_planned_line(_planned(kwargs)) + (f"; base policy {base_policy}" if base_policy else ""))
+    click.echo(f"{searched.algorithm} search, objective {searched.objective_text()}")
+    for name, values in searched.hyperparameters.items():
+        if not isinstance(values, list):
+            click.echo(f"  {name}: sampled {values.describe()}")
+    count, trials = searched.combination_count, searched.trial_count
+    if not searched.is_grid:
+        click.echo(f"{trials} trials; every combination of these values and the ranges' ends plans ({count}):")
+    elif trials < count:
+        click.echo(f"{trials} trials drawn from these {count} combinations, each of which plans:")
+    else:
+        click.echo(f"{trials} trials, each of which plans:")
+    for number, (values, plans) in enumerate(planned, start=1):
+        click.echo(f"  {number:>{len(str(count))}}. {format_values(values)}  ({_phase_summary(plans)})")
+
+
+def _phase_summary(plans: list) -> str:
+    """What each phase trains, in trainable parameters: `head 12,810 · finetune 1,124,234`."""
+    return " · ".join(f"{plan.phase.name} {plan.trainable_params:,}" for plan in plans) + " trainable"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from freeze_trainer.policy.validation import first_error
+from freeze_trainer.policy.validation import DocumentError, first_error
 
 # Bounds that keep a policy document cheap to read: a YAML alias bomb or deep nesting fails fast.
 MAX_POLICY_BYTES = 64 * 1024
@@ -29,13 +29,10 @@ LearningRate = Annotated[float, Field(ge=1e-8, le=10.0, allow_inf_nan=False)]
 Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
 
 
-class PolicyError(ValueError):
+class PolicyError(DocumentError):
     """An invalid freeze policy. `key` is the dotted path of the offending entry."""
 
-    def __init__(self, key: str, reason: str):
-        self.key = key
-        self.reason = reason
-        super().__init__(f"freeze policy: {key}: {reason}" if key else f"freeze policy: {reason}")
+    document = "freeze policy"
 
 
 class _Strict(BaseModel):
@@ -423,12 +420,12 @@ class FreezePolicy(_Strict):
 FROZEN_BASE_POLICY = FreezePolicy(version=1, rules=[_FREEZE_BASE])
 
 
-def read_policy_source(value: str) -> str:
-    """A command-line policy argument: the path of a JSON/YAML file, or the policy itself inline. A
+def read_policy_source(value: str, noun: str = "policy") -> str:
+    """A command-line policy (or other `noun`) argument: the path of a JSON/YAML file, or the text inline. A
     one-line argument that reads as a path (a `/`, or a .json/.yaml/.yml ending) must be a readable file."""
     if os.path.isfile(value):
         if os.path.getsize(value) > MAX_POLICY_BYTES:
-            raise PolicyError("", f"policy file {value}: larger than {MAX_POLICY_BYTES} bytes")
+            raise PolicyError("", f"{noun} file {value}: larger than {MAX_POLICY_BYTES} bytes")
         with open(value) as f:
             return f.read()
     looks_like_path = "\n" not in value and not value.lstrip().startswith("{") and ": " not in value and (
@@ -436,13 +433,15 @@ def read_policy_source(value: str) -> str:
     if looks_like_path:
         reason = "is a directory" if os.path.isdir(value) else "is not a regular file" if os.path.exists(value) \
             else "does not exist"
-        raise PolicyError("", f"policy file {value} {reason}")
+        raise PolicyError("", f"{noun} file {value} {reason}")
     return value
 
 
 class _BoundedLoader(yaml.SafeLoader):
     """SafeLoader that refuses documents nested deeper than MAX_POLICY_DEPTH or with more than
     MAX_YAML_ALIASES aliases, before composing them (an alias bomb expands in the composer's output)."""
+
+    noun = "policy"
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -453,14 +452,27 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_YAML_ALIASES:
-                raise PolicyError("", f"the policy uses more than {MAX_YAML_ALIASES} YAML aliases")
+                raise PolicyError("", f"the {self.noun} uses more than {MAX_YAML_ALIASES} YAML aliases")
         self._depth += 1
         if self._depth > MAX_POLICY_DEPTH:
-            raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels")
+            raise PolicyError("", f"the {self.noun} nests deeper than {MAX_POLICY_DEPTH} levels")
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+class _UniqueKeyLoader(_BoundedLoader):
+    """Also refuses a mapping that repeats a key: YAML (as JSON) would keep the last value silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise PolicyError(str(key), f"repeated at line {key_node.start_mark.line + 1}; a key appears once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _depth(value: object) -> int:
@@ -484,22 +496,39 @@ def _yaml_where(err: yaml.YAMLError) -> str:
 
 def parse_policy(text: str) -> FreezePolicy:
     """Parses a policy from JSON or YAML text. Raises PolicyError, and only PolicyError."""
+    return policy_from_dict(load_document(text))
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object_pairs_hook: a JSON object that repeats a key is refused, as in YAML."""
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        repeated = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        raise PolicyError(repeated, "repeated; a key appears once")
+    return document
+
+
+def load_document(text: str, noun: str = "policy", unique_keys: bool = False) -> object:
+    """The data of a JSON or YAML document within the policy's bounds (size, depth, aliases); `noun` names
+    it in errors. `unique_keys` refuses a mapping that repeats a key. Raises PolicyError, and only that."""
     if not isinstance(text, str) or not text.strip():
-        raise PolicyError("", "the policy is empty")
+        raise PolicyError("", f"the {noun} is empty")
     if len(text.encode()) > MAX_POLICY_BYTES:
-        raise PolicyError("", f"the policy is larger than {MAX_POLICY_BYTES} bytes")
+        raise PolicyError("", f"the {noun} is larger than {MAX_POLICY_BYTES} bytes")
+    loader = type("Loader", (_UniqueKeyLoader if unique_keys else _BoundedLoader,), {"noun": noun})
     try:
         # JSON is YAML, but JSON's own parser gives better positions for JSON's errors.
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_BoundedLoader)
+        data = json.loads(text, object_pairs_hook=_refuse_repeated_keys if unique_keys else None) \
+            if text.lstrip().startswith("{") else yaml.load(text, Loader=loader)
     except json.JSONDecodeError as err:
         raise PolicyError("", f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except RecursionError:
-        raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels") from None
+        raise PolicyError("", f"the {noun} nests deeper than {MAX_POLICY_DEPTH} levels") from None
     except yaml.YAMLError as err:
         raise PolicyError("", f"malformed or unsafe YAML{_yaml_where(err)}") from None
     if _depth(data) > MAX_POLICY_DEPTH:
-        raise PolicyError("", f"the policy nests deeper than {MAX_POLICY_DEPTH} levels")
-    return policy_from_dict(data)
+        raise PolicyError("", f"the {noun} nests deeper than {MAX_POLICY_DEPTH} levels")
+    return data
 
 
 def policy_from_dict(data: object) -> FreezePolicy:

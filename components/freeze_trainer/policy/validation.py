@@ -1,8 +1,19 @@
-"""The one translation of a pydantic validation error into the "key: reason" line users see."""
+"""The one translation of a pydantic validation error into the "key: reason" line users see, and its error."""
 
 from __future__ import annotations
 
 import pydantic
+
+
+class DocumentError(ValueError):
+    """An invalid document (a policy, a search space): `key` is the dotted path of the offending entry."""
+
+    document = "document"  # what the message's first words name
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{self.document}: {key}: {reason}" if key else f"{self.document}: {reason}")
 
 
 def error_key(loc: tuple) -> str:

@@ -103,10 +103,10 @@ def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2,
     return DataContract(feature_key, "label", features, task, num_classes, None, None)
 
 
-def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
-                    build_model: BuildModel | None = None, features: dict[str, Shape] | None = None,
-                    hyperparameters: dict[str, Any] | None = None) -> list[PhasePlan]:
-    """Plans a trainer configuration without data or downloads: the backbone is built with random
+def planning_model(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
+                   build_model: BuildModel | None = None, features: dict[str, Shape] | None = None,
+                   hyperparameters: dict[str, Any] | None = None) -> tf.keras.Model:
+    """The model a plan resolves against, without data or downloads: the backbone is built with random
     weights for `imagenet` (a download), and with the given file otherwise, so that a weights file
     that does not fit fails here rather than after the data is processed; `build_model` (a user
     module's hook, given the model's own `hyperparameters`) builds the model instead. With `features`
@@ -119,4 +119,12 @@ def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, 
     model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
     if features is not None:
         bind_inputs(config, contract, model, from_module=build_model is not None)
+    return model
+
+
+def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
+                    build_model: BuildModel | None = None, features: dict[str, Shape] | None = None,
+                    hyperparameters: dict[str, Any] | None = None) -> list[PhasePlan]:
+    """Plans a trainer configuration without data or downloads (see `planning_model`)."""
+    model = planning_model(config, input_shape, num_classes, build_model, features, hyperparameters)
     return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
