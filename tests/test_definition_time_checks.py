@@ -73,9 +73,11 @@ def test_runtime_parameters_are_left_to_the_run_and_good_values_pass(tmp_path):
 
 def test_the_local_pipeline_still_constructs(tmp_path):
     from pipelines.freeze_pipeline import create_pipeline
+    from pipelines.pipeline_options import PipelineOptions
 
     pipeline = create_pipeline("p", str(tmp_path / "root"), str(tmp_path / "data"), str(tmp_path / "serving"),
-                               freeze_policy=POLICY, backbone_weights=DEFAULT_BACKBONE_PATH, image_size=32)
+                               PipelineOptions(image_size=32), freeze_policy=POLICY,
+                               backbone_weights=DEFAULT_BACKBONE_PATH)
     assert any(isinstance(node, FreezeTrainer) for node in pipeline.components)
 
 
