@@ -181,7 +181,7 @@ def run_phases(
             if best:
                 best.end_phase(metrics)
             checks.append(check)
-            raise_on_violation(check)
+            raise_on_violation(check, model)
             if checkpoints:
                 checkpoints.save(Progress(index + 1, 0, {}, tuple(checks)))
     return checks, metrics

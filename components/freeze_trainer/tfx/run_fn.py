@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import tempfile
+from dataclasses import replace
 from typing import Callable
 
 import tensorflow as tf
@@ -25,6 +26,7 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from freeze_trainer.keras.classifier_model import resolve_head_output
 from freeze_trainer.keras.distribution import choose_strategy, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
@@ -114,6 +116,7 @@ def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[Pha
         **weights_record(config.backbone_weights),
         "training_loop": config.training_loop,
         "task": contract.task.name,
+        "head_output": contract.task.head_output,
         "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
@@ -154,6 +157,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             model = build_from_config(config, contract, given=model)
         else:
             model = build_from_config(config, contract, build_model=build_model)
+        contract = replace(contract, task=resolve_head_output(model, contract.task, config.head_output))
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)

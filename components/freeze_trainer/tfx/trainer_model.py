@@ -53,7 +53,7 @@ def build_from_config(
         bn_inference_mode=config.freeze_policy.bn_runs_in_inference_mode,
         dropout=config.dropout,
         input_name=contract.feature_key,
-        task=contract.task,
+        task=Task(contract.task.name, "logits" if config.head_output == "logits" else "probabilities"),
     )
 
 
