@@ -62,15 +62,21 @@ def planning_contract(input_shape: tuple[int, ...] | None, num_classes: int = 2,
     return DataContract("features", "label", input_shape and tuple(input_shape), task, num_classes, None, None)
 
 
-def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
-                    build_model: BuildModel | None = None) -> list[PhasePlan]:
-    """Plans a trainer configuration without data or downloads: the backbone is built with random
-    weights for `imagenet` (a download), and with the given file otherwise, so that a weights file
-    that does not fit fails here rather than after the data is processed; `build_model` (a user
-    module's hook) builds the model instead."""
+def planning_model(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
+                   build_model: BuildModel | None = None) -> tf.keras.Model:
+    """The model a plan is made on, without data or downloads: the backbone is built with random weights
+    for `imagenet` (a download), and with the given file otherwise, so that a weights file that does not
+    fit fails here rather than after the data is processed; `build_model` (a user module's hook) builds
+    the model instead."""
     weights = "none" if config.backbone_weights.lower() == "imagenet" else config.backbone_weights
     if config.backbone == CUSTOM_BACKBONE:  # the model file's own input, whatever the data's shape
         input_shape = None
-    model = build_from_config(config.model_copy(update={"backbone_weights": weights}),
-                              planning_contract(input_shape, num_classes), build_model=build_model)
+    return build_from_config(config.model_copy(update={"backbone_weights": weights}),
+                             planning_contract(input_shape, num_classes), build_model=build_model)
+
+
+def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
+                    build_model: BuildModel | None = None) -> list[PhasePlan]:
+    """Plans a trainer configuration without data or downloads, on its `planning_model`."""
+    model = planning_model(config, input_shape, num_classes, build_model)
     return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
