@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import math
 import os
 import tempfile
 from dataclasses import replace
@@ -182,9 +181,11 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             memory_budget_bytes=config.feature_cache_memory_mb << 20,
         )
     feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
-    # TFX's train_args.num_steps: the training steps in all, spread over the epochs of every phase.
+    # TFX's train_args.num_steps: the training steps in all, exactly, spread over the epochs of every phase
+    # (at least one each); the last epoch takes the remainder.
     total_epochs = sum(plan.epochs or 0 for plan in plans)
-    steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
+    steps_per_epoch = max(1, fn_args.train_steps // total_epochs) if fn_args.train_steps and total_epochs else None
+    remainder_steps = max(0, fn_args.train_steps - steps_per_epoch * total_epochs) if steps_per_epoch else 0
     checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
     # Appended epoch by epoch, so a retried attempt's curves keep the epochs of the attempt it resumes.
     history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
@@ -199,6 +200,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0),
                        *([tf.keras.callbacks.CSVLogger(history_path, append=True)] if is_chief() else [])],
             steps_per_epoch=steps_per_epoch,
+            remainder_steps=remainder_steps,
             optimizer=optimizer,
             jit_compile=config.jit_compile,
             # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a
