@@ -1,7 +1,8 @@
 """Saves `.keras` files the way a plain `import tensorflow` script does on TF 2.16+: with Keras 3 (run without
 TF_USE_LEGACY_KERAS). Writes into the folder given as the first argument: `functional.keras` and
 `sequential.keras` (common layers, weights randomised so that a load that dropped any would show), their
-outputs on `probe.npy` inputs, and `rms_norm.keras`, `lora_dense.keras` (layers tf-keras does not have)."""
+outputs on probe inputs (`<name>_probe.npz`, in input order), `two_inputs.keras` (two named inputs and a
+nested Sequential), and `rms_norm.keras`, `lora_dense.keras` (layers tf-keras does not have)."""
 
 import os
 import sys
@@ -30,11 +31,16 @@ functional = randomised(tf.keras.Model(image, x, name="keras3_functional"))
 sequential = randomised(tf.keras.Sequential([
     tf.keras.Input((6,)), tf.keras.layers.Dense(4, activation="relu", name="d1"), tf.keras.layers.Dropout(0.1),
     tf.keras.layers.Dense(3, name="d2")], name="keras3_sequential"))
-for name, model in (("functional", functional), ("sequential", sequential)):
-    probe = rng.uniform(size=(2, *model.input_shape[1:])).astype("float32")
+bill, flipper = tf.keras.Input((3,), name="bill"), tf.keras.Input((2,), name="flipper")
+x = tf.keras.layers.Concatenate(name="stack")([bill, flipper])
+x = tf.keras.Sequential([tf.keras.Input((5,)), tf.keras.layers.Dense(4, activation="relu", name="inner_dense")],
+                        name="inner")(x)
+two_inputs = randomised(tf.keras.Model([bill, flipper], tf.keras.layers.Dense(2, name="out")(x), name="two_inputs"))
+for name, model in (("functional", functional), ("sequential", sequential), ("two_inputs", two_inputs)):
+    probe = [rng.uniform(size=(2, *tensor.shape[1:])).astype("float32") for tensor in model.inputs]
     model.save(os.path.join(folder, f"{name}.keras"))
-    np.save(os.path.join(folder, f"{name}_probe.npy"), probe)
-    np.save(os.path.join(folder, f"{name}_output.npy"), model(probe, training=False).numpy())
+    np.savez(os.path.join(folder, f"{name}_probe.npz"), *probe)
+    np.save(os.path.join(folder, f"{name}_output.npy"), model(probe if len(probe) > 1 else probe[0]).numpy())
 
 features = tf.keras.Input((6,), name="features")
 tf.keras.Model(features, tf.keras.layers.RMSNormalization(name="rms")(features)).save(

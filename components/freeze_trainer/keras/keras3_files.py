@@ -41,11 +41,51 @@ def tf_keras_config(config: Any) -> Any:
     mapped = {key: (value if key == "inbound_nodes" else tf_keras_config(value)) for key, value in config.items()}
     if class_name == "Functional" and module in _FUNCTIONAL_MODULES:
         mapped["module"] = "tf_keras.src.engine.functional"
+        mapped["config"] = _functional_config(mapped.get("config"))
     if class_name == "InputLayer" and isinstance(mapped.get("config"), dict):
         mapped["config"] = _input_layer_config(mapped["config"])
-    if "inbound_nodes" in mapped:
-        mapped["inbound_nodes"] = [_inbound_node(node, _layer_name(config)) for node in config["inbound_nodes"]]
     return mapped
+
+
+def _functional_config(config: Any) -> dict[str, Any]:
+    """A Functional model's config with its layers' calls in tf-keras' form. tf-keras numbers the calls of a
+    nested model built on an Input from 1 (its own construction is call 0, never saved); Keras 3 from 0."""
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise Keras3MappingError("a Functional model without its list of layers")
+    layers = [layer for layer in config["layers"] if isinstance(layer, dict)]
+    calls = {_layer_name(layer): len(layer.get("inbound_nodes") or ()) for layer in layers}
+    first = {_layer_name(layer): int(_built_on_input(layer)) for layer in layers}
+
+    def reference(history: Any, layer: str) -> list[Any]:
+        if not isinstance(history, list) or len(history) != 3 or history[0] not in calls:
+            raise Keras3MappingError(f"layer {layer!r}: a call on a tensor of no layer of the model ({history!r})")
+        name, node, tensor = history
+        if not isinstance(node, int) or not 0 <= node < max(calls[name], 1):
+            raise Keras3MappingError(f"layer {layer!r}: a call on call {node!r} of layer {name!r}, which it has not")
+        return [name, node + first[name], tensor]
+
+    converted = []
+    for layer in layers:
+        name = _layer_name(layer)
+        nodes = [_inbound_node(node, name, reference) for node in layer.get("inbound_nodes") or ()]
+        converted.append({**layer, "inbound_nodes": nodes})
+    ends = {key: _end_references(config.get(key), reference) for key in ("input_layers", "output_layers")}
+    return {**config, "layers": converted, **ends}
+
+
+def _built_on_input(layer: dict[str, Any]) -> bool:
+    """Whether a layer is a model built on an Input (a Functional model, or a Sequential starting with one)."""
+    if layer.get("class_name") == "Functional":
+        return True
+    inner = (layer.get("config") or {}).get("layers") if layer.get("class_name") == "Sequential" else None
+    return bool(inner) and isinstance(inner[0], dict) and inner[0].get("class_name") == "InputLayer"
+
+
+def _end_references(ends: Any, reference) -> Any:
+    """A model's input_layers or output_layers: one [name, node, tensor] reference, or a list of them."""
+    if isinstance(ends, list) and ends and not isinstance(ends[0], list):
+        return reference(ends, "?")
+    return [reference(end, "?") for end in ends or ()]
 
 
 def _dtype_name(policy: dict[str, Any]) -> str:
@@ -69,7 +109,7 @@ def _layer_name(layer: dict[str, Any]) -> str:
     return name if isinstance(name, str) else "?"
 
 
-def _inbound_node(node: Any, layer: str) -> list[list[Any]]:
+def _inbound_node(node: Any, layer: str, reference) -> list[list[Any]]:
     """One call of a layer: Keras 3's {"args": [...], "kwargs": {...}} with tensor references, as tf-keras'
     list of [layer name, node index, tensor index, call kwargs], one entry per input tensor."""
     if not isinstance(node, dict) or not isinstance(node.get("args"), list):
@@ -77,20 +117,17 @@ def _inbound_node(node: Any, layer: str) -> list[list[Any]]:
     kwargs = {key: value for key, value in (node.get("kwargs") or {}).items() if value is not None}
     if any(_holds_tensor(value) for value in kwargs.values()):
         raise Keras3MappingError(f"layer {layer!r}: a call with a tensor keyword argument")
-    histories: list[list[Any]] = []
+    entries: list[list[Any]] = []
     pending = list(node["args"])
     while pending:
         arg = pending.pop(0)
         if isinstance(arg, list):
             pending[:0] = arg
         elif isinstance(arg, dict) and arg.get("class_name") == _TENSOR:
-            history = (arg.get("config") or {}).get("keras_history")
-            if not isinstance(history, list) or len(history) != 3:
-                raise Keras3MappingError(f"layer {layer!r}: a tensor reference without its history")
-            histories.append([*history, kwargs])
+            entries.append([*reference((arg.get("config") or {}).get("keras_history"), layer), kwargs])
         else:
             raise Keras3MappingError(f"layer {layer!r}: a call with a non-tensor argument {arg!r}")
-    return histories
+    return entries
 
 
 def _holds_tensor(value: Any) -> bool:
