@@ -156,3 +156,16 @@ def test_a_head_that_gives_no_gradient_is_named_as_the_likely_cause():
         "phase 'train': none of its 4 trainable variables changed; likely cause: the head's last layer 'out' has "
         "activation 'linear', so it does not output the probabilities the multiclass loss takes: end the head in "
         "softmax, or without activation and set head_output: logits (or auto)")
+
+
+@pytest.mark.parametrize("task, scores, probabilities, class_ids", [
+    (Task("binary", "logits"), [[0.0], [2.0], [-1.0]], [[0.5], [0.8808], [0.2689]], [0, 1, 0]),
+    (Task("multiclass", "logits"), [[0.0, 0.0], [1.0, 3.0]], [[0.5, 0.5], [0.1192, 0.8808]], [0, 1]),
+    (Task("binary"), [[0.2], [0.7]], [[0.2], [0.7]], [0, 1]),
+])
+def test_the_export_serves_probabilities_whatever_the_head_outputs(task, scores, probabilities, class_ids):
+    from freeze_trainer.tfx.serving_export import _outputs
+
+    outputs = _outputs(task, tf.constant(scores), None)
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), probabilities, atol=1e-4)
+    assert outputs["class_ids"].numpy().tolist() == class_ids
