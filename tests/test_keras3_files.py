@@ -2,9 +2,11 @@
 through the same safe allowlist, with their weights; a layer tf-keras does not have is refused in one line
 that says the file was saved by Keras 3 and how to re-save it."""
 
+import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -66,7 +68,7 @@ def test_a_keras3_layer_without_a_tf_keras_twin_is_refused_in_one_line(keras3_fi
     assert str(raised.value).startswith(f"backbone_weights: {path}: saved by Keras 3.")
 
 
-def test_a_keras3_call_on_a_missing_call_is_refused_rather_than_left_to_loop():
+def test_a_keras3_call_on_a_missing_call_is_refused_rather_than_left_to_loop(tmp_path):
     """tf-keras re-queues a call whose input does not exist yet, forever: such a reference is refused first."""
     from freeze_trainer.keras.keras3_files import Keras3MappingError, tf_keras_config
 
@@ -79,5 +81,13 @@ def test_a_keras3_call_on_a_missing_call_is_refused_rather_than_left_to_loop():
         "input_layers": ["features", 0, 0], "output_layers": ["d", 0, 0]}}
     with pytest.raises(Keras3MappingError, match="layer 'd': a call on call 1 of layer 'd', which it has not"):
         tf_keras_config(model)
+    path = str(tmp_path / "looping.keras")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(model))
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.12.4"}))
+    with pytest.raises(ModelFileError) as raised:
+        load_model_file(path, {})
+    assert str(raised.value) == (f"{path}: saved by Keras 3.12.4, in a form tf-keras cannot read: layer 'd': a call on "
+                                 f"call 1 of layer 'd', which it has not; {RESAVE}")
     dense["inbound_nodes"][0]["args"] = [tensor]
     assert tf_keras_config(model)["config"]["layers"][1]["inbound_nodes"] == [[["features", 0, 0, {}]]]

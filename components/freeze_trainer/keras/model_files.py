@@ -83,8 +83,8 @@ def load_model_file(path: str, project_objects: dict[str, type]) -> tf.keras.Mod
         try:
             config = tf_keras_config(config)
         except (Keras3MappingError, RecursionError) as err:
-            raise ModelFileError(path, f"{keras3}, and {err or 'nested too deep'} has no tf-keras form; {RESAVE_HINT}"
-                                 ) from None
+            reason = err if isinstance(err, Keras3MappingError) else "its config nests too deep"
+            raise ModelFileError(path, f"{keras3}, in a form tf-keras cannot read: {reason}; {RESAVE_HINT}") from None
     refusal = config_refusal(config, frozenset(project_objects))
     if refusal:
         raise ModelFileError(path, f"{keras3}: {refusal}; {RESAVE_HINT}" if keras3 else refusal)
