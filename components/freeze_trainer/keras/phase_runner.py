@@ -121,9 +121,10 @@ def run_phases(
 
     An epoch is `steps_per_epoch` batches (None: one pass over the training data; a `steps` phase is one
     epoch of that many); the last epoch of the last phase counted in such epochs takes `remainder_steps`
-    more, so that a total number of steps (TFX's `num_steps`) is met exactly. With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
-    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it. Unless
-    `verbose` is 0, each phase prints a line and one progress bar over all its batches."""
+    more, so that a total number of steps (TFX's `num_steps`) is met exactly. With `checkpoint_dir`,
+    progress is saved every `checkpoint_every_steps` batches of a phase (None: at every epoch's end) and at
+    every phase's end, and a rerun resumes from it. Unless `verbose` is 0, each phase prints a line and one
+    progress bar over all its batches."""
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
