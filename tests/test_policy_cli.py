@@ -27,6 +27,7 @@ TWO_PHASE = json.dumps({"version": 1, "phases": [
      "rules": [{"freeze": {"base": True}}, {"unfreeze": {"group": "block_16"}}, {"unfreeze": {"group": "top"}}]},
 ]})
 MOBILENET_224 = ["--backbone", "MobileNetV2", "--image-size", "224"]
+FROZEN_BASE = json.dumps({"version": 1, "rules": [{"freeze": {"base": True}}]})
 
 
 def test_plan_text_for_a_known_policy_line_by_line():
@@ -161,7 +162,9 @@ def test_default_plan_says_what_changed_from_the_phase_before(two_phase_text):
 def test_plan_json_round_trips_with_groups_changes_and_layers(two_phase_json, two_phase_text):
     document = json.loads(two_phase_json[0])
     assert json.loads(json.dumps(document)) == document
-    assert list(document) == ["backbone", "backbone_weights", "alpha", "image_size", "num_classes", "defaults", "phases"]
+    assert list(document) == ["backbone", "backbone_weights", "alpha", "image_size", "inputs", "num_classes", "defaults",
+                              "phases"]
+    assert document["image_size"] == 224 and document["inputs"] == {"features": [224, 224, 3]}
     assert document["defaults"] == {"learning_rate": TrainerConfig().learning_rate, "epochs": TrainerConfig().epochs}
     head, finetune = document["phases"]
     assert [group["name"] for group in finetune["groups"]] == [
@@ -256,3 +259,35 @@ def test_schema_and_validate_without_a_backbone_never_import_tensorflow(tmp_path
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[0, 0, 1] Error: freeze policy: rules[0].freeze.bsae: unknown key []"
+
+
+def test_the_plan_of_a_non_image_base_states_its_input_shapes(tmp_path):
+    import tensorflow as tf
+
+    features = tf.keras.Input((13,), name="features")
+    path = str(tmp_path / "mlp.keras")
+    tf.keras.Model(features, tf.keras.layers.Dense(8, name="enc_1")(features)).save(path)
+    result = RUNNER.invoke(main, ["plan", FROZEN_BASE, "--backbone", "custom", "--backbone-weights", path])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (f"custom ({path}) input features (13,), 10 classes; defaults for phases "
+                                             "that set none: head lr 1e-2, 10 epochs")
+    document = json.loads(RUNNER.invoke(main, ["plan", FROZEN_BASE, "--backbone", "custom", "--backbone-weights", path,
+                                               "--format", "json"]).output)
+    assert document["image_size"] is None and document["inputs"] == {"features": [13]}
+
+
+def test_a_model_with_several_inputs_states_each_input_shape():
+    import tensorflow as tf
+
+    from freeze_trainer.keras.plan_report import format_inputs, input_shapes
+    from freeze_trainer.tfx.trainer_model import planning_model
+
+    def build_model(config, contract):
+        inputs = [tf.keras.Input((1,), name=name) for name in ("bill_xf", "flipper_xf")] + [
+            tf.keras.Input((2, 3), name="grid_xf")]
+        x = tf.keras.layers.Concatenate(name="stack")([*inputs[:2], tf.keras.layers.Flatten(name="flat")(inputs[2])])
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(3, name="out")(x))
+
+    config = TrainerConfig.from_parameters(backbone="custom", head_layers="out")
+    shapes = input_shapes(planning_model(config, None, 3, build_model=build_model))
+    assert format_inputs(shapes) == "inputs bill_xf (1,), flipper_xf (1,), grid_xf (2, 3)"

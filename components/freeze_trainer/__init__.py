@@ -25,8 +25,10 @@ from __future__ import annotations
 import importlib
 
 from freeze_trainer.legacy_keras import require_legacy_keras
+from freeze_trainer.tfma_addons import stand_in_for_missing_tfma_addons
 
 require_legacy_keras()  # before anything here can import TensorFlow
+stand_in_for_missing_tfma_addons()  # before anything here can import TFX, which imports TFMA
 
 _EXPORTS = {
     "FreezeTrainer": "freeze_trainer.tfx.component",

@@ -22,16 +22,19 @@ from freeze_trainer.tfx.trainer_config import TrainerConfig
 def plan_policy_text(
     policy: str, backbone: str, backbone_weights: str, alpha: float | None, image_size: int, num_classes: int,
     learning_rate: float, epochs: int,
-) -> list:
-    """Validates everything a trainer would check before reading data; raises its errors. Builds the
-    backbone, so TensorFlow is imported here and only here."""
-    from freeze_trainer.tfx.trainer_model import plan_for_config
+) -> tuple[list, dict[str, list[int | None]]]:
+    """Validates everything a trainer would check before reading data; raises its errors. Returns the plans
+    and the planned model's input shapes. Builds the backbone, so TensorFlow is imported here and only here."""
+    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.plan_report import input_shapes
+    from freeze_trainer.tfx.trainer_model import planning_model
 
     config = TrainerConfig.from_parameters(
         freeze_policy=read_policy_source(policy), backbone=backbone, backbone_weights=backbone_weights,
         backbone_alpha=alpha, learning_rate=learning_rate, epochs=epochs,
     )
-    return plan_for_config(config, (image_size, image_size, 3), num_classes)
+    model = planning_model(config, (image_size, image_size, 3), num_classes)
+    return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs), input_shapes(model)
 
 
 _DEFAULTS = TrainerConfig()  # the trainer's defaults, the runner's too
@@ -58,13 +61,14 @@ def model_options(command, policy_argument: bool = True):
     return command
 
 
-def _plans_or_exit(**kwargs) -> list:
+def _plans_or_exit(**kwargs) -> tuple[list, dict[str, list[int | None]]]:
     from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.keras.classifier_model import HeadError
     from freeze_trainer.tfx.trainer_config import ConfigError
 
     try:
         return plan_policy_text(**kwargs)
-    except (PolicyError, ConfigError, BackboneError) as err:
+    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -73,26 +77,30 @@ def main() -> None:
     """Check and explain freeze policies."""
 
 
-def _planned(kwargs: dict) -> dict:
+def _planned(kwargs: dict, inputs: dict[str, list[int | None]]) -> dict:
     """What was planned and the defaults a phase takes when it sets no rate or length (the trainer's unless
-    given): the text's first line, the JSON's top-level keys."""
+    given): the text's first line, the JSON's top-level keys. A base of the user's own (`custom`) takes its
+    own inputs, whatever the image size."""
+    custom = kwargs["backbone"] == "custom"
     return {
         "backbone": kwargs["backbone"],
         "backbone_weights": kwargs["backbone_weights"],
         "alpha": kwargs["alpha"],
-        "image_size": kwargs["image_size"],
+        "image_size": None if custom else kwargs["image_size"],
+        "inputs": inputs,
         "num_classes": kwargs["num_classes"],
         "defaults": {"learning_rate": kwargs["learning_rate"], "epochs": kwargs["epochs"]},
     }
 
 
 def _planned_line(planned: dict) -> str:
-    from freeze_trainer.keras.plan_report import format_lr
+    from freeze_trainer.keras.plan_report import format_inputs, format_lr
 
     model = planned["backbone"] + (f" alpha {planned['alpha']:g}" if planned["alpha"] is not None else "")
     weights = "" if planned["backbone_weights"] == "none" else f" ({planned['backbone_weights']})"
+    size = f"at {planned['image_size']} px" if planned["image_size"] else format_inputs(planned["inputs"])
     defaults = planned["defaults"]
-    return (f"{model}{weights} at {planned['image_size']} px, {planned['num_classes']} classes; defaults for phases "
+    return (f"{model}{weights} {size}, {planned['num_classes']} classes; defaults for phases "
             f"that set none: head lr {format_lr(defaults['learning_rate'])}, {defaults['epochs']} epochs")
 
 
@@ -117,8 +125,8 @@ def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> N
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--picture") from None
     kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
-    plans = _plans_or_exit(**kwargs)
-    planned = _planned(kwargs)
+    plans, inputs = _plans_or_exit(**kwargs)
+    planned = _planned(kwargs, inputs)
     if output_format == "json":
         click.echo(json.dumps(plan_dict(plans, planned), indent=2))
     elif by_layer:
@@ -146,7 +154,7 @@ def validate(**kwargs) -> None:
         return
     from freeze_trainer.keras.plan_report import phase_summary
 
-    plans = _plans_or_exit(**kwargs)
+    plans, _ = _plans_or_exit(**kwargs)
     click.echo(f"valid: {len(plans)} phase(s)")
     for number, phase_plan in enumerate(plans, start=1):
         click.echo("  " + phase_summary(number, len(plans), phase_plan))

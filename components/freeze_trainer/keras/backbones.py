@@ -11,7 +11,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.model_files import ModelFileError, config_refusal, load_model_file, read_config
+from freeze_trainer.keras.model_files import ModelFileError, checked_config, load_model_file
 
 _apps = tf.keras.applications
 
@@ -83,11 +83,10 @@ def weights_refusal(weights: str) -> str | None:
     if not os.path.exists(weights):
         return f"{weights!r} does not exist"
     if is_saved_backbone(weights):
-        try:
-            refusal = config_refusal(read_config(weights), frozenset(saved_backbone_objects()))
+        try:  # read and mapped (a Keras 3 file) as loading would, nothing deserialized
+            checked_config(weights, frozenset(saved_backbone_objects()))
         except ModelFileError as err:
-            refusal = err.reason
-        return refusal and f"{weights}: {refusal}"
+            return f"{weights}: {err.reason}"
     return None
 
 

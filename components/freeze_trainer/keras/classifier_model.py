@@ -7,6 +7,7 @@ its head layers with `declare_head`, and the base is every other layer, nested m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import tensorflow as tf
@@ -17,6 +18,7 @@ from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
 _HEAD_ATTRIBUTE = "_freeze_trainer_head"  # a declared head's layer names, in call order
+_TASK_ATTRIBUTE = "_freeze_trainer_task"  # the task as the head outputs it, once resolved
 _POOLING = {4: tf.keras.layers.GlobalAveragePooling2D, 3: tf.keras.layers.GlobalAveragePooling1D}
 
 
@@ -92,6 +94,38 @@ def head_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
     except ValueError:
         raise HeadError(f"model {model.name!r} has no head: build it with build_classifier or declare its head "
                         "layers (the trainer's head_layers parameter)") from None
+
+
+def head_activation(model: tf.keras.Model) -> str | None:
+    """The activation of the head's last layer by name (`linear`: none); None when that layer has no
+    `activation` (a custom layer or a nested model), whose output is taken as the task's predictions."""
+    layer = head_layers(model)[-1]
+    if isinstance(layer, tf.keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) if callable(activation) else None
+
+
+def resolve_head_output(model: tf.keras.Model, task: Task, requested: str = "auto") -> Task:
+    """The task as `model`'s head outputs it: `requested` (`logits` or `probabilities`), or with `auto`
+    logits when a classification head's last layer has no activation (the Keras `from_logits=True`
+    convention). The model remembers it, so that a failed proof can name the head as the likely cause."""
+    activation = head_activation(model)
+    if requested == "auto":
+        requested = "logits" if task.classifies and activation == "linear" else "probabilities"
+    if requested == "logits" and not task.classifies:
+        raise HeadError("head_output: logits needs a classification task; a regression head predicts values")
+    if requested == "logits" and activation in ("softmax", "sigmoid"):
+        raise HeadError(f"head_output: logits, but the head's last layer {head_layers(model)[-1].name!r} applies "
+                        f"{activation}; set head_output: probabilities or auto")
+    resolved = replace(task, head_output=requested)
+    object.__setattr__(model, _TASK_ATTRIBUTE, resolved)  # a plain attribute Keras does not track
+    return resolved
+
+
+def resolved_task(model: tf.keras.Model) -> Task | None:
+    """The task `resolve_head_output` settled for the model; None before."""
+    return getattr(model, _TASK_ATTRIBUTE, None)
 
 
 def base_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:

@@ -25,6 +25,7 @@ def train_with_fit(
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
     task: Task = MULTICLASS,
+    remainder_steps: int = 0,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics.
     `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
@@ -51,4 +52,4 @@ def train_with_fit(
         return {name: float(values[-1]) for name, values in history.history.items()}
 
     return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
-                      checkpoint_every_steps, verbose)
+                      checkpoint_every_steps, verbose, remainder_steps)

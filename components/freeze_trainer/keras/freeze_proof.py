@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+from freeze_trainer.keras.classifier_model import head_activation, head_layers, resolved_task
 from freeze_trainer.keras.freeze_plan import PhasePlan
 
 
@@ -89,7 +90,24 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
     )
 
 
-def raise_on_violation(check: FreezeCheck) -> None:
+def head_cause(model: tf.keras.Model) -> str:
+    """Why nothing trained when the head is the likely reason: a classification head whose last layer does
+    not output probabilities, trained with a loss that takes them. The loss clips such outputs into (0, 1),
+    and a clipped output passes no gradient back, to the head or the base. Empty otherwise."""
+    task = resolved_task(model)
+    if task is None or not task.classifies or task.from_logits:
+        return ""
+    activation = head_activation(model)
+    if activation in ("softmax", "sigmoid", None):
+        return ""
+    return (f"; likely cause: the head's last layer {head_layers(model)[-1].name!r} has activation {activation!r}, "
+            f"so it does not output the probabilities the {task.name} loss takes: end the head in "
+            f"{task.activation}, or without activation and set head_output: logits (or auto)")
+
+
+def raise_on_violation(check: FreezeCheck, model: tf.keras.Model | None = None) -> None:
+    """Raises FreezeViolation for a failed check; `model`, when given, lets the message name the head as the
+    likely cause of a phase in which nothing trained."""
     if check.passed:
         return
     if check.non_finite:
@@ -102,7 +120,9 @@ def raise_on_violation(check: FreezeCheck) -> None:
             f"phase {check.phase!r}: Keras trains variable(s) the plan freezes: {', '.join(check.trainable_off_plan[:5])}"
         )
     if not check.changed_frozen:
-        raise FreezeViolation(f"phase {check.phase!r}: none of its {check.trainable_variables} trainable variables changed")
+        cause = head_cause(model) if model is not None else ""
+        raise FreezeViolation(
+            f"phase {check.phase!r}: none of its {check.trainable_variables} trainable variables changed{cause}")
     shown = ", ".join(check.changed_frozen[:5])
     more = f" and {len(check.changed_frozen) - 5} more" if len(check.changed_frozen) > 5 else ""
     raise FreezeViolation(

@@ -90,6 +90,7 @@ def train_with_gradient_tape(
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
     task: Task = MULTICLASS,
+    remainder_steps: int = 0,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics.
     `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
@@ -132,4 +133,4 @@ def train_with_gradient_tape(
         return logs
 
     return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
-                      checkpoint_every_steps, verbose)
+                      checkpoint_every_steps, verbose, remainder_steps)

@@ -3,16 +3,21 @@
 Keras' `safe_mode` refuses Python bytecode only: a config may still name any importable function (a
 `Lambda` layer calling `pydoc.pipepager` runs a shell command) or a class from any module (the flaw of
 Keras 3's CVE-2025-1550). So `config.json` is read and checked against an allowlist of Keras built-ins
-before Keras deserializes anything from the file.
+before Keras deserializes anything from the file. A file saved by Keras 3 is first reworded as tf-keras
+words it (keras3_files.py), then checked the same way.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zipfile
 from typing import Any
 
 import tensorflow as tf
+
+from freeze_trainer.keras.keras3_files import RESAVE_HINT, Keras3MappingError, saved_by_keras3, tf_keras_config
 
 # The classes a file may name, by the `module` tf-keras 2.16 writes for them. Each only stores data
 # (shapes, rates, seeds); none takes a callable. Lambda and the op layers that wrap methods are absent.
@@ -72,11 +77,60 @@ class ModelFileError(ValueError):
 def load_model_file(path: str, project_objects: dict[str, type]) -> tf.keras.Model:
     """The model in `path`, uncompiled. `project_objects` maps the registered names of this project's
     serializable classes to them: the only classes beyond Keras' built-ins that a file may name."""
-    refusal = config_refusal(read_config(path), frozenset(project_objects))
+    config, keras3 = checked_config(path, frozenset(project_objects))
+    if not keras3:
+        return _load(path, project_objects)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return _load(_with_config(path, config, tmp), project_objects)
+        except (TypeError, ValueError, KeyError) as err:  # a layer config tf-keras does not take, say
+            # tf-keras' message quotes the whole layer config before the reason: keep the reason.
+            reason = " ".join(str(err).rsplit("Exception encountered:", 1)[-1].split())[:200]
+            raise ModelFileError(path, f"{keras3}, and tf-keras cannot build it: {reason}; {RESAVE_HINT}") from None
+
+
+def checked_config(path: str, project_names: frozenset[str]) -> tuple[dict[str, Any], str | None]:
+    """`path`'s config as tf-keras reads it (a Keras 3 file's mapped onto tf-keras), checked against the
+    allowlist without deserializing anything, and for a Keras 3 file which Keras saved it (else None).
+    Raises ModelFileError with the reason a file is refused."""
+    config, metadata = read_config(path), _read_metadata(path)
+    keras3 = f"saved by Keras {metadata.get('keras_version')}" if saved_by_keras3(metadata) else None
+    if keras3:
+        try:
+            config = tf_keras_config(config)
+        except (Keras3MappingError, RecursionError) as err:
+            reason = err if isinstance(err, Keras3MappingError) else "its config nests too deep"
+            raise ModelFileError(path, f"{keras3}, in a form tf-keras cannot read: {reason}; {RESAVE_HINT}") from None
+    refusal = config_refusal(config, project_names)
     if refusal:
-        raise ModelFileError(path, refusal)
+        raise ModelFileError(path, f"{keras3}: {refusal}; {RESAVE_HINT}" if keras3 else refusal)
+    return config, keras3
+
+
+def _load(path: str, project_objects: dict[str, type]) -> tf.keras.Model:
     # compile=False: the checks skip `compile_config` (optimizer, losses) because it is never deserialized.
     return tf.keras.models.load_model(path, custom_objects=project_objects, compile=False, safe_mode=True)
+
+
+def _with_config(path: str, config: dict[str, Any], directory: str) -> str:
+    """A copy of the archive at `path` in `directory` with `config` as its config.json."""
+    copy = os.path.join(directory, os.path.basename(path))
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
+        for entry in source.infolist():
+            if entry.filename != "config.json":
+                target.writestr(entry, source.read(entry))
+        target.writestr("config.json", json.dumps(config))
+    return copy
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
+    """metadata.json of a `.keras` archive (which Keras saved it); empty when absent or not a JSON object."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, RecursionError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def read_config(path: str) -> dict[str, Any]:

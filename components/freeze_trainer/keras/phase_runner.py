@@ -115,13 +115,16 @@ def run_phases(
     checkpoint_dir: str | None = None,
     checkpoint_every_steps: int | None = None,
     verbose: int = 1,
+    remainder_steps: int = 0,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
 
     An epoch is `steps_per_epoch` batches (None: one pass over the training data; a `steps` phase is one
-    epoch of that many). With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
-    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it. Unless
-    `verbose` is 0, each phase prints a line and one progress bar over all its batches."""
+    epoch of that many); the last epoch of the last phase counted in such epochs takes `remainder_steps`
+    more, so that a total number of steps (TFX's `num_steps`) is met exactly. With `checkpoint_dir`,
+    progress is saved every `checkpoint_every_steps` batches of a phase (None: at every epoch's end) and at
+    every phase's end, and a rerun resumes from it. Unless `verbose` is 0, each phase prints a line and one
+    progress bar over all its batches."""
     exempt_tf_keras_from_autograph()
     optimizer = optimizer or build_phase_optimizer(model, plans)
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
@@ -135,10 +138,13 @@ def run_phases(
         logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, resumed.phase, resumed.position)
     checks = list(resumed.completed)
     metrics = {}
+    last_counted = max((index for index, plan in enumerate(plans) if not plan.steps), default=None)
     for index, (plan, (epoch, end)) in enumerate(zip(plans, epoch_spans(plans))):
         if index >= resumed.phase:
             position = resumed.position if index == resumed.phase else 0
             steps = plan.steps or steps_per_epoch or feed.epoch_batches
+            remainder = remainder_steps if index == last_counted and steps_per_epoch else 0
+            phase_batches = (end - epoch) * steps + remainder
             apply_plan(model, plan)
             split = plan.variable_split(model)
             trainable = split.trainable
@@ -154,13 +160,13 @@ def run_phases(
                 extra.append(record)  # before the checkpoint, whose epoch-end save then holds the epoch's record
             if checkpoints:
                 progress = Progress(index, position, before, tuple(checks))
-                extra.append(PhaseCheckpoint(checkpoints, progress, (end - epoch) * steps, checkpoint_every_steps or steps,
+                extra.append(PhaseCheckpoint(checkpoints, progress, phase_batches, checkpoint_every_steps or steps,
                                              epoch_batches=steps))
             data = feed.phase_data(model, plan)
             if verbose:  # last: it reads an early stop the other callbacks may set at an epoch's end
                 header = phase_header(index + 1, len(plans), plan, steps, data.cached_features, position)
-                extra.append(PhaseProgress(header, (end - epoch) * steps, position))
-            for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position):
+                extra.append(PhaseProgress(header, phase_batches, position))
+            for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position, remainder):
                 metrics = train_phase(
                     optimizer, data.model, trainable, data.batches(start), data.eval, first, last, per_epoch, extra
                 )
@@ -181,22 +187,32 @@ def run_phases(
             if best:
                 best.end_phase(metrics)
             checks.append(check)
-            raise_on_violation(check)
+            raise_on_violation(check, model)
             if checkpoints:
                 checkpoints.save(Progress(index + 1, 0, {}, tuple(checks)))
     return checks, metrics
 
 
-def remaining_epochs(first: int, end: int, steps: int, position: int) -> list[tuple[int, int, int, int]]:
-    """The training calls for epochs [first, end) of `steps` batches from batch `position` of the phase
-    on, as (first epoch, end epoch, steps per epoch, position): the rest of an interrupted epoch is a
-    call of its own, since `fit` takes one number of steps for all its epochs."""
-    epochs_done, steps_done = divmod(position, steps)
+def remaining_epochs(first: int, end: int, steps: int, position: int, remainder: int = 0
+                     ) -> list[tuple[int, int, int, int]]:
+    """The training calls for epochs [first, end) of `steps` batches (the last one `remainder` more) from
+    batch `position` of the phase on, as (first epoch, end epoch, steps per epoch, position): the rest of an
+    interrupted epoch, and a longer last epoch, are calls of their own, since `fit` takes one number of
+    steps for all its epochs."""
+    epochs_done = min(position // steps, end - first - 1)  # a position inside the longer last epoch stays in it
+    steps_done = position - epochs_done * steps
     first += epochs_done
+
+    def length(epoch: int) -> int:
+        return steps + (remainder if epoch == end - 1 else 0)
+
     calls = []
     if steps_done:
-        calls.append((first, first + 1, steps - steps_done, position))
-        first, position = first + 1, position + steps - steps_done
+        calls.append((first, first + 1, length(first) - steps_done, position))
+        first, position = first + 1, position + length(first) - steps_done
+    if remainder and first < end - 1:
+        calls.append((first, end - 1, steps, position))
+        first, position = end - 1, position + (end - 1 - first) * steps
     if first < end:
-        calls.append((first, end, steps, position))
+        calls.append((first, end, length(first), position))
     return calls

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tensorflow as tf
+
 from freeze_trainer.keras.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
@@ -259,6 +261,17 @@ def _layer_dict(state: LayerState) -> dict:
         "trainable_params": state.trainable_params,
         "frozen_params": state.frozen_params,
     }
+
+
+def input_shapes(model: tf.keras.Model) -> dict[str, list[int | None]]:
+    """Each input of the model by name, with its shape without the batch dimension."""
+    return {name: list(tensor.shape[1:]) for name, tensor in zip(model.input_names, model.inputs)}
+
+
+def format_inputs(shapes: dict[str, list[int | None]]) -> str:
+    """`input features (13,)`, or `inputs a (1,), b (1,)` for a model with several."""
+    described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
+    return f"input{'s' if len(shapes) > 1 else ''} {described}"
 
 
 def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:

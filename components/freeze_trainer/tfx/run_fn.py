@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import tempfile
+from dataclasses import replace
 from typing import Callable
 
 import tensorflow as tf
@@ -25,6 +25,7 @@ from tfx_bsl.public import tfxio
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from freeze_trainer.keras.backbones import is_saved_backbone
+from freeze_trainer.keras.classifier_model import resolve_head_output
 from freeze_trainer.keras.distribution import choose_strategy, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
@@ -132,6 +133,7 @@ def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[Pha
         **source,
         "training_loop": config.training_loop,
         "task": contract.task.name,
+        "head_output": contract.task.head_output,
         "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
@@ -177,6 +179,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
         else:
             model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
         contract = bind_inputs(config, contract, model, from_module=from_module)
+        contract = replace(contract, task=resolve_head_output(model, contract.task, config.head_output))
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
@@ -201,9 +204,11 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             memory_budget_bytes=config.feature_cache_memory_mb << 20,
         )
     feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
-    # TFX's train_args.num_steps: the training steps in all, spread over the epochs of every phase.
+    # TFX's train_args.num_steps: the training steps in all, exactly, spread over the epochs of every phase
+    # (at least one each); the last epoch takes the remainder.
     total_epochs = sum(plan.epochs or 0 for plan in plans)
-    steps_per_epoch = math.ceil(fn_args.train_steps / total_epochs) if fn_args.train_steps and total_epochs else None
+    steps_per_epoch = max(1, fn_args.train_steps // total_epochs) if fn_args.train_steps and total_epochs else None
+    remainder_steps = max(0, fn_args.train_steps - steps_per_epoch * total_epochs) if steps_per_epoch else 0
     checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
     # Appended epoch by epoch, so a retried attempt's curves keep the epochs of the attempt it resumes.
     history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
@@ -218,6 +223,7 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0),
                        *([tf.keras.callbacks.CSVLogger(history_path, append=True)] if is_chief() else [])],
             steps_per_epoch=steps_per_epoch,
+            remainder_steps=remainder_steps,
             optimizer=optimizer,
             jit_compile=config.jit_compile,
             # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a

@@ -14,6 +14,7 @@ import os
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from freeze_trainer.keras.tasks import Task
 from freeze_trainer.tfx.data_contract import DataContract
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
@@ -24,13 +25,16 @@ FREEZE_REPORT_ASSET = "freeze_report.json"
 FREEZE_POLICY_ASSET = "freeze_policy.json"
 
 
-def _outputs(task: str, scores: tf.Tensor, class_names: tf.Tensor | None) -> dict[str, tf.Tensor]:
-    if task == "regression":
-        return {"predictions": scores}
-    if task == "multi_label":
-        return {"probabilities": scores}
-    class_ids = tf.argmax(scores, axis=-1) if task == "multiclass" else tf.cast(scores[:, 0] > 0.5, tf.int64)
-    outputs = {"probabilities": scores, "class_ids": class_ids}
+def _outputs(task: Task, scores: tf.Tensor, class_names: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    """The serving outputs of the head's `scores`: probabilities for TFMA even from a head of logits."""
+    predictions = task.predictions(scores)
+    if task.name == "regression":
+        return {"predictions": predictions}
+    if task.name == "multi_label":
+        return {"probabilities": predictions}
+    class_ids = (tf.argmax(predictions, axis=-1) if task.name == "multiclass"
+                 else tf.cast(predictions[:, 0] > 0.5, tf.int64))
+    outputs = {"probabilities": predictions, "class_ids": class_ids}
     if class_names is not None:
         outputs["classes"] = tf.gather(class_names, class_ids)
     return outputs
@@ -97,7 +101,7 @@ class _ServingModule(tf.Module):
             # Each of the model's inputs by its name (one, or several read by name: DataContract.inputs).
             inputs = {name: at_least_one(transformed[feature], count) for name, feature in contract.inputs.items()}
             scores = model(inputs, training=False)[:count]
-            return _outputs(contract.task.name, scores, self.class_names)
+            return _outputs(contract.task, scores, self.class_names)
 
         @tf.function(input_signature=[examples])
         def transform_features(serialized):

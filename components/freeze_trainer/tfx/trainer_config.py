@@ -104,6 +104,10 @@ class TrainerConfig(BaseModel):
     head_layers: str = _parameter(
         "", "Comma-separated names of the model's own head layers; empty: a new head for the task.", per_run=False
     )
+    head_output: Literal["auto", "logits", "probabilities"] = _parameter(
+        "auto", "What a classification head outputs; `auto`: logits when its last layer has no activation.",
+        per_run=False,
+    )
 
     @field_validator("dropout")
     @classmethod

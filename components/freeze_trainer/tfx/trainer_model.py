@@ -61,7 +61,7 @@ def build_from_config(
         bn_inference_mode=config.freeze_policy.bn_runs_in_inference_mode,
         dropout=config.dropout,
         input_name=contract.feature_key,
-        task=contract.task,
+        task=Task(contract.task.name, "logits" if config.head_output == "logits" else "probabilities"),
     )
 
 
@@ -125,6 +125,6 @@ def planning_model(config: TrainerConfig, input_shape: tuple[int, ...] | None, n
 def plan_for_config(config: TrainerConfig, input_shape: tuple[int, ...] | None, num_classes: int = 2,
                     build_model: BuildModel | None = None, features: dict[str, Shape] | None = None,
                     hyperparameters: dict[str, Any] | None = None) -> list[PhasePlan]:
-    """Plans a trainer configuration without data or downloads (see `planning_model`)."""
+    """Plans a trainer configuration without data or downloads, on its `planning_model`."""
     model = planning_model(config, input_shape, num_classes, build_model, features, hyperparameters)
     return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
