@@ -88,7 +88,9 @@ class TrainerConfig(BaseModel):
                                   per_run=False)
     label_key: str = _parameter("label", "The raw label feature.", per_run=False)
     transformed_feature_key: str = _parameter(
-        "", "The Transform output the model takes; empty: `<feature_key>_xf`.", per_run=False
+        "",
+        "The Transform output a one-input model takes (empty: `<feature_key>_xf`); several inputs read their own names.",
+        per_run=False,
     )
     transformed_label_key: str = _parameter(
         "", "The Transform output holding the label; empty: `<label_key>_xf`.", per_run=False
