@@ -133,7 +133,8 @@ def _tensor_name(tensor) -> str:
     return layer.name if index == 0 else f"{layer.name}:{index}"
 
 
-def _blocker(calls: list[_Call], reasons: dict[int, str], live: set[int], plan: PhasePlan, base: set[str]) -> str | None:
+def _blocker(calls: list[_Call], reasons: dict[int, str], live: set[int], plan: PhasePlan,
+             base: set[str]) -> str | None:
     """Why a phase does not cache: its live part starts below the trainable block, at a base layer that
     draws random numbers or updates BatchNorm statistics outside the group of the first layer that trains
     otherwise (all BatchNorm layers unfrozen with `batchnorm: train`, say); or no base layer precedes it."""
@@ -158,13 +159,14 @@ def find_cut(model: tf.keras.Model, plan: PhasePlan) -> PrefixCut:
         if index in reasons or live_tensors.intersection(call.inputs):
             live.add(index)
             live_tensors.update(call.outputs)
-            cut.extend(t for t in call.inputs if t not in live_tensors and t not in cut)
+            for tensor_id in call.inputs:
+                if tensor_id not in live_tensors and tensor_id not in cut:
+                    cut.append(tensor_id)  # a prefix tensor the live part consumes
     blocker = _blocker(calls, reasons, live, plan, {layer.name for layer in base_layers(model)})
     tensors = tuple(ids.tensors[t] for t in cut)
     outputs, graph_inputs = (tuple(ids.of(t) for t in ends) for ends in (model.outputs, model.inputs))
     return PrefixCut(tuple(_tensor_name(t) for t in tensors), blocker, tensors, tuple(cut), outputs, graph_inputs,
-                     tuple(calls),
-                     frozenset(live))
+                     tuple(calls), frozenset(live))
 
 
 def _replay(cut: PrefixCut, indices: list[int], values: dict[int, object], inference: bool) -> dict[int, object]:
@@ -188,6 +190,10 @@ def _input_like(tensor, name: str):
     return tf.keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=name)
 
 
+def _one_or_list(tensors: list):
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
 def prefix_model(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
     """`model`'s inputs to the cut tensors (a list when there are several), in inference mode: the
     calls the cut tensors need, with the model's layer objects."""
@@ -199,10 +205,9 @@ def prefix_model(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
             needed.add(index)
             pending.extend(cut._calls[index].inputs)
     inputs = [_input_like(t, t.name.split(":")[0]) for t in model.inputs]
-    values = {cut._graph_inputs[i]: tensor for i, tensor in enumerate(inputs)}
-    values = _replay(cut, sorted(needed), values, inference=True)
+    values = _replay(cut, sorted(needed), dict(zip(cut._graph_inputs, inputs)), inference=True)
     outputs = [values[tensor_id] for tensor_id in cut._ids]
-    return tf.keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_prefix")
+    return tf.keras.Model(inputs, _one_or_list(outputs), name=f"{model.name}_prefix")
 
 
 def live_model(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
@@ -211,5 +216,4 @@ def live_model(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
     inputs = [_input_like(t, f"cut_{name.replace(':', '_')}") for t, name in zip(cut.tensors, cut.names)]
     values = _replay(cut, sorted(cut._live), dict(zip(cut._ids, inputs)), inference=False)
     outputs = [values[tensor_id] for tensor_id in cut._outputs]
-    return tf.keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
-                          name=f"{model.name}_live")
+    return tf.keras.Model(_one_or_list(inputs), _one_or_list(outputs), name=f"{model.name}_live")
