@@ -183,3 +183,21 @@ def test_the_frozen_prefix_is_bit_identical_after_training_the_live_part(tmp_pat
     for want, got in zip(before, prefix.weights, strict=True):
         np.testing.assert_array_equal(got.numpy(), want)
     assert not np.array_equal(model.get_layer("head_classifier").kernel.numpy(), head_before)
+
+
+def test_a_later_phase_with_the_same_cut_and_prefix_reuses_the_cached_tensors(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = _mobilenet()
+    top = HEAD_THEN_TOP["phases"][1]
+    plans = plan_policy(_policy([top, {**top, "name": "top_again"}, {"name": "b15", "rules": [
+        FREEZE_BASE, {"unfreeze": {"group": "block_15"}}]}]), model)
+    examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
+    cache = FeatureCache("test-source", str(tmp_path / "spill"))
+    feed = PrefixFeed(examples, examples.take(16), 16, 7, prefix_cache=cache)
+    stores = []
+    for plan in plans:
+        apply_plan(model, plan)
+        feed.phase_data(model, plan)
+        stores.append(cache._stores["train"])
+    assert stores[1] is stores[0]  # same cut, same prefix weights: not computed again
+    assert stores[2] is not stores[1]  # another cut
