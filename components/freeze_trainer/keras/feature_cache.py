@@ -141,13 +141,15 @@ class FeatureCache:
         return {split: store.examples for split, store in self._stores.items()}
 
     def features(
-        self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int
+        self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int,
+        extractor: tf.keras.Model | None = None,
     ) -> dict[str, tf.data.Dataset]:
         """Unbatched (features, label) of each split of `examples` (unbatched (inputs, label): a tensor, or a
         dict of them for a model with several inputs), in order, under `model`'s current base; computed
-        again, `batch_size` examples at a time, only when the
-        cache key changed. Under MultiWorkerMirroredStrategy, only this worker's shard."""
-        extractor = feature_extractor(model)
+        again, `batch_size` examples at a time, only when the cache key changed. Under
+        MultiWorkerMirroredStrategy, only this worker's shard. `extractor` (one output; default: `model`'s
+        feature extractor) computes the features: a frozen prefix, say."""
+        extractor = extractor or feature_extractor(model)
         multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
         shard = worker_shard() if multi_worker else (1, 0)
         key = cache_key(extractor, self.source_fingerprint, shard)
