@@ -17,7 +17,7 @@ Beam (ImportExampleGen, StatisticsGen, Transform, Evaluator): `--beam-preset mul
 one worker process per core of the task's machine), `local` (one in-process worker) or `dataflow`
 (`--dataflow-project`, `--dataflow-region`, `--dataflow-temp-location`; the workers run the pipeline
 image). `--beam-arg` adds arguments after the preset's. `--trainer-retries N` retries a failed trainer
-task; a retry resumes from the last checkpoint of the same ModelRun.
+task (default 2; 0: none); a retry resumes from the last checkpoint of the same ModelRun.
 """
 
 from __future__ import annotations
