@@ -36,7 +36,7 @@ def inputs(tmp_path_factory):
     files = {
         "not_json": "not json", "nan": '{"learning_rate": NaN}', "huge": '{"values": {"learning_rate": 1e999}}',
         "text": "hello world\n", "exits": "import sys\nsys.exit(0)\n", "raises": "raise RuntimeError('no GPU')\n",
-        "no_hooks": "VALUE = 42\n", "file": "",
+        "no_hooks": "VALUE = 42\n", "returns_42": "def build_model(config, contract):\n    return 42\n", "file": "",
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -76,6 +76,8 @@ RUNNER_CASES = [
     ("trainer module exits", ["--trainer-module", "{root}/exits"], "trainer_module: {root}/exits exits at import "
                                                                    "(sys.exit(0))"),
     ("trainer module raises", ["--trainer-module", "{root}/raises"], "RuntimeError: no GPU"),
+    ("trainer module's build_model returns 42", ["--trainer-module", "{root}/returns_42"],
+     "trainer_module: build_model returned int 42, not a Keras model"),
     ("trainer module without hooks", ["--trainer-module", "{root}/no_hooks"], "defines neither"),
     ("freeze policy missing", ["--freeze-policy", "{root}/nowhere.yaml"], "{root}/nowhere.yaml does not exist"),
     ("freeze policy a folder", ["--freeze-policy", "{root}"], "{root} is a directory"),
