@@ -56,6 +56,8 @@ def lock_output_dir(output_dir: str) -> None:
     with one line naming the run that holds it. The kernel drops the lock when its holder dies, so a
     killed run leaves no stale lock; the file only says who holds it (pid, host, start time)."""
     path = os.path.join(output_dir, LOCK_FILE)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise click.UsageError(f"output_dir: {output_dir}: is a file, not a folder")
     try:
         os.makedirs(output_dir, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note stays readable

@@ -14,6 +14,9 @@ one line, `data_root: <file>: <reason>` (a click usage error, exit status 2), be
 - there are at least two label values (read further, label only, when the sample holds one);
 - with a Transform module of the user's own and integer labels without a vocabulary, the labels the
   sample holds are class indices: not negative, and 0 or 1 for binary and multi-label tasks.
+- string labels are class names a vocabulary file can hold: not empty, no line break;
+- the task fits the labels (`check_labels_fit_task`, which the runner also applies to the embedded digits):
+  regression needs numbers, multi_label a vector a label, binary two classes.
 
 It reads at most `max_records` records in all, but at least the first of every file, so it stays fast,
 and returns the raw feature spec those records show (what SchemaGen will infer), from which the Transform's

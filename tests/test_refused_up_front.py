@@ -67,9 +67,10 @@ RUNNER_CASES = [
     ("sample 0", ["--sample", "0"], "'--sample'"),
     ("empty image key", ["--image-key", ""], "feature_key: empty"),
     ("empty label key", ["--label-key", " "], "label_key: empty"),
-    ("head layers naming every layer", ["--head-layers", "{every_layer}"], "head_layers"),
+    ("head layers naming every layer", ["--head-layers", "{every_layer}"], "head_layers: names every layer of model "
+                                                                           "'mobilenetv2_0.35_32'"),
     ("two-output base", ["--backbone", "custom", "--backbone-weights", "{root}/two_outputs.keras"],
-     "two_outputs.keras"),
+     "backbone_weights: {root}/two_outputs.keras: the model has 2 outputs (pool, aux); a base has one"),
     ("trainer module /dev/null", ["--trainer-module", "/dev/null"], "trainer_module: /dev/null defines neither"),
     ("trainer module a text file", ["--trainer-module", "{root}/text"], "trainer_module: {root}/text fails at "
                                                                         "import: SyntaxError"),
@@ -82,7 +83,7 @@ RUNNER_CASES = [
     ("freeze policy missing", ["--freeze-policy", "{root}/nowhere.yaml"], "{root}/nowhere.yaml does not exist"),
     ("freeze policy a folder", ["--freeze-policy", "{root}"], "{root} is a directory"),
     ("freeze policy /dev/null", ["--freeze-policy", "/dev/null"], "/dev/null is not a regular file"),
-    ("output folder a file", ["--output-dir", "{root}/file"], "output_dir: {root}/file"),
+    ("output folder a file", ["--output-dir", "{root}/file"], "output_dir: {root}/file: is a file, not a folder"),
 ]
 
 
