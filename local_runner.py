@@ -176,6 +176,24 @@ def load_build_model(module_file: str):
     return module.build_model
 
 
+def check_data(config: TrainerConfig, data_root: str | None, sample: int | None, transform_module: str | None,
+               trainer_module: str | None, image_size: int) -> None:
+    """The data against the parameters and the model's inputs, before anything is written or any component
+    runs: the user's data root (pipelines/data_checks.py), or what the embedded digits are known to hold."""
+    from pipelines.data_checks import check_data_root, check_labels_fit_task
+    from pipelines.digits_data import digit_labels, digits_feature_spec
+    from pipelines.model_input_checks import check_model_inputs
+
+    if data_root:
+        raw_feature_spec = check_data_root(data_root, config, bundled_transform=transform_module is None)
+    else:  # one integer label an example
+        check_labels_fit_task(config, transform_module is None, "int64_list",
+                              {(int(label),) for label in digit_labels(limit=sample)}, "the embedded digits")
+        raw_feature_spec = digits_feature_spec()
+    check_model_inputs(config, raw_feature_spec, transform_module,
+                       load_build_model(trainer_module) if trainer_module else None, image_size)
+
+
 @click.command()
 @click.option("--output-dir", default=os.path.join(REPO_ROOT, "runs"), show_default=True,
               help="Pipeline root, ML Metadata store, data and pushed models go here.")
@@ -204,19 +222,7 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
     options = PIPELINE_OPTIONS.validate(kwargs)
     parameters = pop_trainer_parameters(kwargs)
     config = validated_config(options.image_size, trainer_module, hyperparameters, **parameters)
-    if data_root:  # the user's data: checked before anything is written or any component runs
-        from pipelines.data_checks import check_data_root
-        from pipelines.model_input_checks import check_model_inputs
-
-        raw_feature_spec = check_data_root(data_root, config, bundled_transform=transform_module is None)
-        check_model_inputs(config, raw_feature_spec, transform_module,
-                           load_build_model(trainer_module) if trainer_module else None, options.image_size)
-    else:  # the embedded digits: one integer label an example
-        from pipelines.data_checks import check_labels_fit_task
-        from pipelines.digits_data import digit_labels
-
-        check_labels_fit_task(config, transform_module is None, "int64_list",
-                              {(int(label),) for label in digit_labels(limit=sample)}, "the embedded digits")
+    check_data(config, data_root, sample, transform_module, trainer_module, options.image_size)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
     # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
     started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

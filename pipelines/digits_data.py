@@ -22,6 +22,11 @@ def digit_labels(digits: tuple[int, ...] = TARGET_DIGITS, limit: int | None = No
     return target[np.isin(target, digits)][:limit].astype(np.int64)
 
 
+def digits_feature_spec(image_key: str = "image", label_key: str = "label") -> dict:
+    """The raw feature spec of the examples `write_digits_examples` writes, as SchemaGen infers it."""
+    return {image_key: tf.io.FixedLenFeature([1], tf.string), label_key: tf.io.FixedLenFeature([1], tf.int64)}
+
+
 def load_digit_pngs(digits: tuple[int, ...], limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
     """PNG bytes and integer labels of the digits in `digits`, in the data set's fixed order."""
     data = load_digits()

@@ -43,6 +43,9 @@ def inputs(tmp_path_factory):
     base = tf.keras.Input((32, 32, 3), name="image_xf")
     pooled = tf.keras.layers.GlobalAveragePooling2D(name="pool")(tf.keras.layers.Conv2D(4, 3, name="conv")(base))
     tf.keras.Model(base, [pooled, tf.keras.layers.Dense(2, name="aux")(pooled)]).save(str(root / "two_outputs.keras"))
+    other = tf.keras.Input((32, 32, 3), name="other_image")
+    joined = tf.keras.layers.Concatenate()([tf.keras.layers.GlobalAveragePooling2D()(tensor) for tensor in (base, other)])
+    tf.keras.Model([base, other], joined).save(str(root / "two_inputs.keras"))
     layers = tf.keras.models.load_model(DEFAULT_BACKBONE_PATH, compile=False).layers
     return {"root": str(root), "every_layer": ",".join(layer.name for layer in layers),
             "names": write_digits_examples(str(root / "names"), limit=30, label_names=True)}
@@ -71,6 +74,10 @@ RUNNER_CASES = [
                                                                            "'mobilenetv2_0.35_32'"),
     ("two-output base", ["--backbone", "custom", "--backbone-weights", "{root}/two_outputs.keras"],
      "backbone_weights: {root}/two_outputs.keras: the model has 2 outputs (pool, aux); a base has one"),
+    ("two-input base, one input without a feature", ["--backbone", "custom", "--backbone-weights",
+                                                     "{root}/two_inputs.keras"],
+     "backbone_weights: the model's 2 inputs read the Transform output's features of their names: no feature "
+     "'other_image'"),
     ("trainer module /dev/null", ["--trainer-module", "/dev/null"], "trainer_module: /dev/null defines neither"),
     ("trainer module a text file", ["--trainer-module", "{root}/text"], "trainer_module: {root}/text fails at "
                                                                         "import: SyntaxError"),
