@@ -18,8 +18,10 @@ import atexit
 import datetime
 import fcntl
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import socket
 import sys
@@ -53,9 +55,14 @@ def lock_output_dir(output_dir: str) -> None:
     """Holds an exclusive flock on `<output_dir>/.run.lock` until this process exits, or exits at once
     with one line naming the run that holds it. The kernel drops the lock when its holder dies, so a
     killed run leaves no stale lock; the file only says who holds it (pid, host, start time)."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note stays readable
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise click.UsageError(f"output_dir: {output_dir}: is a file, not a folder")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note stays readable
+    except OSError as err:  # a file, a read-only folder: before anything is written or any component runs
+        raise click.UsageError(f"output_dir: {output_dir}: {err.strerror or err}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -99,25 +106,35 @@ def validated_config(image_size: int, trainer_module: str | None, hyperparameter
     from freeze_trainer.tfx.trainer_model import plan_for_config
 
     try:
+        values["freeze_policy"] = read_policy_source(values["freeze_policy"])
         config = TrainerConfig.from_parameters(**values)
+        model_values = model_hyperparameters(hyperparameters_of(hyperparameters)) if hyperparameters else None
         build_model = load_build_model(trainer_module) if trainer_module else None
         plan_for_config(config, (image_size, image_size, 3), build_model=build_model,
-                        hyperparameters=model_hyperparameters_of(hyperparameters) if build_model and hyperparameters else None)
+                        hyperparameters=model_values if build_model else None)
     except user_errors() as err:
         raise click.UsageError(str(err)) from None
     return config
 
 
-def model_hyperparameters_of(path: str) -> dict:
-    """The model's own values in a hyperparameters file (`trainer_config.model_hyperparameters`)."""
-    with open(path) as f:
-        try:
-            document = json.load(f)
-        except ValueError as err:
-            raise ConfigError("hyperparameters", f"{path} is not JSON: {err}") from None
-    if not isinstance(document, dict):
+def hyperparameters_of(path: str) -> dict:
+    """The name -> value mapping of a hyperparameters file, read before anything runs: JSON, finite numbers
+    (json reads NaN, Infinity and 1e999 as floats, which would train to NaN), a mapping."""
+    def finite(text: str) -> float:
+        if not math.isfinite(value := float(text)):
+            raise ValueError(f"{text} is not a finite number")
+        return value
+
+    try:
+        with open(path) as f:
+            document = json.load(f, parse_constant=finite, parse_float=finite)
+    except OSError as err:
+        raise ConfigError("hyperparameters", f"{path}: {err.strerror or err}") from None
+    except ValueError as err:  # UnicodeDecodeError too
+        raise ConfigError("hyperparameters", f"{path} is not JSON of finite numbers: {err}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("values", document), dict):
         raise ConfigError("hyperparameters", f"{path} holds no name -> value mapping")
-    return model_hyperparameters(hyperparameter_values(document))
+    return hyperparameter_values(document)
 
 
 def imported_file_folder(path: str, output_dir: str, name: str) -> str:
@@ -139,11 +156,42 @@ def imported_file_folder(path: str, output_dir: str, name: str) -> str:
 
 
 def load_build_model(module_file: str):
-    """The module's `build_model` hook, or None for a module with a `run_fn` (it plans for itself)."""
-    spec = importlib.util.spec_from_file_location("user_trainer_module", module_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, "build_model", None) if not hasattr(module, "run_fn") else None
+    """The module's `build_model` hook, or None for a module with a `run_fn` (it plans for itself). Raises
+    ConfigError naming the module when it does not import, exits at import (`sys.exit(0)` would end the run
+    with status 0 and nothing said) or has neither hook."""
+    # The source loader whatever the file's name: /dev/null or a `.txt` is read as Python and judged by that.
+    loader = importlib.machinery.SourceFileLoader("user_trainer_module", module_file)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    try:
+        loader.exec_module(module)
+    except SystemExit as exit_:
+        raise ConfigError("trainer_module", f"{module_file} exits at import (sys.exit({exit_.code!r}))") from None
+    except Exception as err:  # noqa: BLE001 (the user's code: any failure is theirs, named in one line)
+        raise ConfigError("trainer_module", f"{module_file} fails at import: {type(err).__name__}: {err}") from None
+    if hasattr(module, "run_fn"):
+        return None
+    if not callable(getattr(module, "build_model", None)):
+        raise ConfigError("trainer_module", f"{module_file} defines neither run_fn(fn_args) nor build_model(config, "
+                                            "contract)")
+    return module.build_model
+
+
+def check_data(config: TrainerConfig, data_root: str | None, sample: int | None, transform_module: str | None,
+               trainer_module: str | None, image_size: int) -> None:
+    """The data against the parameters and the model's inputs, before anything is written or any component
+    runs: the user's data root (pipelines/data_checks.py), or what the embedded digits are known to hold."""
+    from pipelines.data_checks import check_data_root, check_labels_fit_task
+    from pipelines.digits_data import digit_labels, digits_feature_spec
+    from pipelines.model_input_checks import check_model_inputs
+
+    if data_root:
+        raw_feature_spec = check_data_root(data_root, config, bundled_transform=transform_module is None)
+    else:  # one integer label an example
+        check_labels_fit_task(config, transform_module is None, "int64_list",
+                              {(int(label),) for label in digit_labels(limit=sample)}, "the embedded digits")
+        raw_feature_spec = digits_feature_spec()
+    check_model_inputs(config, raw_feature_spec, transform_module,
+                       load_build_model(trainer_module) if trainer_module else None, image_size)
 
 
 @click.command()
@@ -159,7 +207,7 @@ def load_build_model(module_file: str):
 @click.option("--hyperparameters", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A KerasTuner best-hyperparameters JSON file; the values it names override the trainer's.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
-@click.option("--sample", type=int, default=None, help="Use only the first N embedded examples (tests, smoke runs).")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline argument (e.g. --direct_num_workers=4), instead of the defaults; repeatable.")
 @verbose_option
@@ -173,15 +221,8 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
                  beam_args, **kwargs):
     options = PIPELINE_OPTIONS.validate(kwargs)
     parameters = pop_trainer_parameters(kwargs)
-    parameters["freeze_policy"] = read_policy_source(parameters["freeze_policy"])
     config = validated_config(options.image_size, trainer_module, hyperparameters, **parameters)
-    if data_root:  # the user's data: checked before anything is written or any component runs
-        from pipelines.data_checks import check_data_root
-        from pipelines.model_input_checks import check_model_inputs
-
-        raw_feature_spec = check_data_root(data_root, config, bundled_transform=transform_module is None)
-        check_model_inputs(config, raw_feature_spec, transform_module,
-                           load_build_model(trainer_module) if trainer_module else None, options.image_size)
+    check_data(config, data_root, sample, transform_module, trainer_module, options.image_size)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
     # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
     started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -17,7 +17,7 @@ Beam (ImportExampleGen, StatisticsGen, Transform, Evaluator): `--beam-preset mul
 one worker process per core of the task's machine), `local` (one in-process worker) or `dataflow`
 (`--dataflow-project`, `--dataflow-region`, `--dataflow-temp-location`; the workers run the pipeline
 image). `--beam-arg` adds arguments after the preset's. `--trainer-retries N` retries a failed trainer
-task; a retry resumes from the last checkpoint of the same ModelRun.
+task (default 2; 0: none); a retry resumes from the last checkpoint of the same ModelRun.
 """
 
 from __future__ import annotations
@@ -48,8 +48,16 @@ COMPILE_OPTIONS = ModelOptions(
 )
 
 
+def _spec_path(ctx: click.Context, param: click.Parameter, path: str) -> str:
+    """Checked before anything is compiled: the extension picks the format."""
+    if not path.endswith((".json", ".yaml", ".yml")):
+        raise click.BadParameter(f"{path}: .json (Vertex PipelineJob) or .yaml (KFP PipelineSpec)")
+    return path
+
+
 @click.command(cls=QuietCommand)
-@click.option("--output", required=True, help="pipeline.json (Vertex PipelineJob) or pipeline.yaml (KFP PipelineSpec).")
+@click.option("--output", required=True, callback=_spec_path,
+              help="pipeline.json (Vertex PipelineJob) or pipeline.yaml (KFP PipelineSpec).")
 @COMPILE_OPTIONS
 @trainer_parameter_options()
 def main(output, **arguments):

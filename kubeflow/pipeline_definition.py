@@ -89,9 +89,11 @@ class TrainerRetry(_Options):
     whose node was preempted). A retried attempt gets the same executor input, so it writes into the same
     ModelRun and resumes from the last checkpoint there (`run_fn`'s `<ModelRun>/checkpoints`)."""
 
+    # Two by default: a production run survives a preempted node or a transient failure, and a retry costs
+    # only the steps since the last checkpoint. 0 turns retries off.
     retries: NonNegativeInt = Field(
-        0, description="Retries of a failed trainer task (a preempted node, say); a retry resumes from the last "
-                       "checkpoint of the same ModelRun."
+        2, description="Retries of a failed trainer task (a preempted node, say); a retry resumes from the last "
+                       "checkpoint of the same ModelRun. 0: none."
     )
     backoff_seconds: NonNegativeInt = Field(60, description="Seconds before the first retry.")
     backoff_factor: float = Field(2.0, ge=1.0, description="Each further wait is this many times longer.")

@@ -50,10 +50,22 @@ class Refused(click.ClickException):
 
 
 def read_pipeline_spec(path: str) -> dict:
-    """The PipelineSpec dict of a compiled `.json` PipelineJob or `.yaml` PipelineSpec."""
-    with open(path) as f:
-        document = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-    return document.get("pipelineSpec", document)
+    """The PipelineSpec dict of a compiled `.json` PipelineJob or `.yaml` PipelineSpec; Refused, naming the
+    file, when it is missing or unreadable, or holds no compiled pipeline (no root parameters)."""
+    try:
+        with open(path) as f:
+            document = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except OSError as err:
+        raise Refused(f"template: {path}: {err.strerror or err}") from None
+    except (ValueError, yaml.YAMLError) as err:  # UnicodeDecodeError too
+        raise Refused(f"template: {path} is not {'JSON' if path.endswith('.json') else 'YAML'}: {err}") from None
+    spec = document.get("pipelineSpec", document) if isinstance(document, dict) else None
+    root = spec.get("root") if isinstance(spec, dict) else None
+    definitions = root.get("inputDefinitions") if isinstance(root, dict) else None
+    if not isinstance(definitions, dict) or not isinstance(definitions.get("parameters"), dict):
+        raise Refused(f"template: {path} is no compiled pipeline (a PipelineJob .json or a PipelineSpec .yaml with "
+                      "root parameters)")
+    return spec
 
 
 def _typed(name: str, text: Any, kind: type) -> Any:

@@ -14,6 +14,9 @@ one line, `data_root: <file>: <reason>` (a click usage error, exit status 2), be
 - there are at least two label values (read further, label only, when the sample holds one);
 - with a Transform module of the user's own and integer labels without a vocabulary, the labels the
   sample holds are class indices: not negative, and 0 or 1 for binary and multi-label tasks.
+- string labels are class names a vocabulary file can hold: not empty, no line break;
+- the task fits the labels (`check_labels_fit_task`, which the runner also applies to the embedded digits):
+  regression needs numbers, multi_label a vector a label, binary two classes.
 
 It reads at most `max_records` records in all, but at least the first of every file, so it stays fast,
 and returns the raw feature spec those records show (what SchemaGen will infer), from which the Transform's
@@ -178,6 +181,8 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
                 raise DataRootError(path, f"record {index}: label {label_key!r} holds {len(values)} values; "
                                           + ("the bundled image Transform takes one an example" if values else
                                              "every example needs its label"))
+            if problem := _label_value_problem(kind, values):
+                raise DataRootError(path, f"record {index}: label {label_key!r} is {problem}")
             label_kind = label_kind or kind
             if kind != label_kind:
                 raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a "
@@ -196,9 +201,45 @@ def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bo
         decoded += len(images)
     if not any(count for _, count in sampled) and sampled:
         raise DataRootError(data_root, "its files hold no examples")
-    if label_key is not None and label_kind is not None and len(labels) < 2:
-        _check_two_labels(data_root, sampled, label_key, label_kind, labels)
+    if label_key is not None and label_kind is not None:
+        check_labels_fit_task(config, bundled_transform, label_kind, labels, data_root)
+        if len(labels) < 2:
+            _check_two_labels(data_root, sampled, label_key, label_kind, labels)
     return _raw_feature_spec(seen, sum(count for _, count in sampled))
+
+
+def _label_value_problem(kind: str, values: list) -> str | None:
+    """Why a string label cannot be a class name: the vocabulary file holds one name a line, so an empty
+    name or one with a line break does not come back from it (the example's class index would be -1)."""
+    if kind != "bytes_list":
+        return None
+    for value in values:
+        if not value.strip():
+            return "an empty string" if not value else f"only white space ({value!r})"
+        if b"\n" in value or b"\r" in value:
+            return f"{value!r}, a line break in a class name"
+    return None
+
+
+def check_labels_fit_task(config: TrainerConfig, bundled_transform: bool, kind: str, labels: set[tuple],
+                          where: str) -> None:
+    """The task against the labels read, before training (`labels`: each example's label values; `kind`:
+    their tf.train.Feature kind; `where`: the data, for the message): regression needs numbers, multi_label
+    a vector a label, binary two classes. Raises a click.UsageError naming `task`. With a Transform of the
+    user's own, whose output may differ, only string labels for regression are refused (integer labels
+    are checked as class indices above)."""
+    label = f"label {config.label_key!r} in {where}"
+    if config.task == "regression" and (bundled_transform or kind == "bytes_list"):
+        reason = "the bundled image Transform makes class indices of every label" if bundled_transform else "strings"
+        raise click.UsageError(f"task: regression needs numeric labels; {label}: {reason}")
+    if config.task == "multi_label" and bundled_transform:
+        raise click.UsageError(f"task: multi_label needs a vector of 0/1 a class in every label; the bundled image "
+                               f"Transform takes one value an example ({label})")
+    values = sorted({value for example in labels for value in example})
+    if config.task == "binary" and bundled_transform and len(values) > 2:
+        shown = ", ".join(repr(v.decode() if isinstance(v, bytes) else v) for v in values[:5])
+        raise click.UsageError(f"task: binary needs two classes; {label} has {len(values)} in the examples read "
+                               f"({shown}{', ...' if len(values) > 5 else ''})")
 
 
 def _check_decodes(path: str, index: int, key: str, data: bytes) -> None:

@@ -16,6 +16,17 @@ SOURCE_DIGITS = (0, 1, 2, 3, 4)
 TARGET_DIGITS = (5, 6, 7, 8, 9)
 
 
+def digit_labels(digits: tuple[int, ...] = TARGET_DIGITS, limit: int | None = None) -> np.ndarray:
+    """The integer labels `load_digit_pngs` returns, without encoding the images."""
+    target = load_digits().target
+    return target[np.isin(target, digits)][:limit].astype(np.int64)
+
+
+def digits_feature_spec(image_key: str = "image", label_key: str = "label") -> dict:
+    """The raw feature spec of the examples `write_digits_examples` writes, as SchemaGen infers it."""
+    return {image_key: tf.io.FixedLenFeature([1], tf.string), label_key: tf.io.FixedLenFeature([1], tf.int64)}
+
+
 def load_digit_pngs(digits: tuple[int, ...], limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
     """PNG bytes and integer labels of the digits in `digits`, in the data set's fixed order."""
     data = load_digits()

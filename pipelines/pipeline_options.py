@@ -23,12 +23,12 @@ class PipelineOptions(BaseModel):
     eval_steps: PositiveInt | None = Field(None, description="eval_args.num_steps: evaluation batches.")
     # No upper bound: for a regression task the gate is a ceiling on the mean squared error.
     accuracy_floor: float = Field(
-        0.5, ge=0.0,
+        0.5, ge=0.0, allow_inf_nan=False,
         description="The Evaluator blesses only models whose gate metric reaches this: accuracy (AUC for binary; "
                     "for regression, a ceiling on MSE).",
     )
     max_accuracy_drop: float = Field(
-        0.02, ge=0.0,
+        0.02, ge=0.0, allow_inf_nan=False,
         description="... and whose gate metric is at most this much worse than the last blessed model's.",
     )
     retrain: bool = Field(

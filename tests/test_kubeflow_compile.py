@@ -57,7 +57,7 @@ def vertex_compiled(tmp_path_factory):
     options = OPTIONS.model_copy(update={
         "retrain": False,
         "trainer_resources": CompileOptions.model_fields["trainer_resources"].default,
-        "trainer_retry": CompileOptions.model_fields["trainer_retry"].default,  # no retries: no policy
+        "trainer_retry": {"retries": 0},  # no retries: no policy
         "vertex_training": {"project": "example-project", "region": "europe-west4", "machine_type": "n1-standard-8",
                             "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 2},
     })
@@ -369,3 +369,14 @@ def test_train_and_eval_steps_reach_the_compiled_trainer(tmp_path):
     trainer = load_pipeline_spec(path).root.dag.tasks["FreezeTrainer"].inputs.parameters
     assert json.loads(trainer["train_args"].runtime_value.constant.string_value) == {"num_steps": 120}
     assert json.loads(trainer["eval_args"].runtime_value.constant.string_value) == {"num_steps": 4}
+
+
+@pytest.mark.parametrize("flags, retries", [([], 2), (["--trainer-retries", "0"], None)])
+def test_compiled_pipelines_retry_the_trainer_twice_by_default(tmp_path, flags, retries):
+    output = str(tmp_path / "pipeline.yaml")
+    result = CliRunner().invoke(compile_cli.main, [
+        "--output", output, "--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+        "--data-root", "gs://b/data", *flags])
+    assert result.exit_code == 0, result.output
+    task = load_pipeline_spec(output).root.dag.tasks["FreezeTrainer"]
+    assert (task.retry_policy.max_retry_count if task.HasField("retry_policy") else None) == retries

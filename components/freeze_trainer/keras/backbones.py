@@ -123,6 +123,9 @@ def build_backbone(
                 model = load_model_file(_local_copy(weights, tmp), saved_backbone_objects())
             except ModelFileError as err:  # named by `weights`: the local copy of a URI is a temporary file
                 raise BackboneError(f"backbone_weights: {weights}: {err.reason}") from None
+        if len(model.outputs) != 1:  # the new head (or the model's own) reads one tensor
+            raise BackboneError(f"backbone_weights: {weights}: the model has {len(model.outputs)} outputs "
+                                f"({', '.join(model.output_names)}); a base has one")
         shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
         if input_shape is not None and shapes != [tuple(input_shape)]:
             takes = ", ".join(f"{name} {shape}" for name, shape in zip(model.input_names, shapes))

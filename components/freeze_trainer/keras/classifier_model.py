@@ -75,6 +75,10 @@ def declare_head(model: tf.keras.Model, layer_names: Sequence[str]) -> tf.keras.
         raise HeadError(f"head_layers: {missing[0] if missing else 'nothing'!r} is not a layer of model "
                         f"{model.name!r}; its layers are {', '.join(names)}")
     object.__setattr__(model, _HEAD_ATTRIBUTE, tuple(layer_names))  # a plain attribute Keras does not track
+    if not base_layers(model):  # a policy addresses the base: a head of every layer leaves it nothing
+        object.__delattr__(model, _HEAD_ATTRIBUTE)
+        raise HeadError(f"head_layers: names every layer of model {model.name!r}; leave at least one as the base a "
+                        "policy freezes")
     return model
 
 

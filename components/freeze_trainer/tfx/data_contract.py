@@ -115,8 +115,16 @@ def resolve_contract(
     if task == "auto":
         task = "multi_label" if label_width > 1 else "regression" if numeric else None
     if task == "regression":
+        # Class indices of a vocabulary are no quantity: a model regressing on them learns the vocabulary's order.
+        if names is not None or not (label.dtype.is_floating or label.dtype.is_integer):
+            raise ConfigError("task", f"regression needs numeric labels; label {label_key!r} holds "
+                                      + (f"class indices of the vocabulary {vocabulary!r}" if names is not None
+                                         else f"{label.dtype.name} values"))
         return contract(Task("regression"), 1, None, None)
     if task == "multi_label":
+        if label_width < 2:
+            raise ConfigError("task", f"multi_label needs a vector of 0/1 a class in every label; label {label_key!r} "
+                                      "holds one value an example")
         return contract(Task("multi_label"), label_width, tuple(names) if names else None, vocabulary if names else None)
     if names is not None:
         num_classes = len(names)

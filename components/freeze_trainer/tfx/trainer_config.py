@@ -118,6 +118,21 @@ class TrainerConfig(BaseModel):
             raise ValueError("must be in [0, 1)")
         return value
 
+    @field_validator("feature_key", "label_key")
+    @classmethod
+    def _names_a_feature(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("empty; it names a feature of the examples")
+        return name
+
+    @field_validator("label_vocabulary")
+    @classmethod
+    def _vocabulary_name(cls, name: str) -> str:
+        # The name of a file among the Transform output's assets: a path would read a file outside the run.
+        if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+            raise ValueError(f"{name!r} is a path; it names a Transform vocabulary (tft's vocab_filename)")
+        return name
+
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:

@@ -26,7 +26,7 @@ from freeze_trainer.keras.classifier_model import (
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 from freeze_trainer.tfx.data_contract import DataContract, Shape, model_inputs
-from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, TrainerConfig
+from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, ConfigError, TrainerConfig
 
 BuildModel = Callable[..., tf.keras.Model]
 
@@ -81,7 +81,11 @@ def call_build_model(build_model: BuildModel, config: TrainerConfig, contract: D
     `**kwargs`); the original two-argument form gets only the config and the contract."""
     parameters = inspect.signature(build_model).parameters.values()
     takes = any(p.name == "hyperparameters" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-    return build_model(config=config, contract=contract, **({"hyperparameters": hyperparameters} if takes else {}))
+    model = build_model(config=config, contract=contract, **({"hyperparameters": hyperparameters} if takes else {}))
+    if not isinstance(model, tf.keras.Model):
+        raise ConfigError("trainer_module", f"build_model returned {type(model).__name__} {model!r:.40}, not a Keras "
+                                            "model")
+    return model
 
 
 def base_model_name(model: tf.keras.Model) -> str:
