@@ -46,7 +46,9 @@ _model_options = [
                  help="`none` plans on the architecture alone; a `.keras` backbone plans on its own layers."),
     click.option("--alpha", type=float, default=None, help="Width multiplier of MobileNet backbones."),
     click.option("--image-size", type=int, default=224, show_default=True),
-    click.option("--num-classes", type=int, default=10, show_default=True),
+    # A plan's head is a multiclass one: fewer than two classes is no classifier (0 made a head of 0 weights).
+    click.option("--num-classes", type=click.IntRange(min=2), default=10, show_default=True,
+                 help="Classes of the planned head (2 or more)."),
     click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True,
                  help="The trainer's default rate."),
     click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True,

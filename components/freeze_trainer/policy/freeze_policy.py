@@ -27,7 +27,8 @@ MAX_POLICY_BYTES = 64 * 1024
 MAX_POLICY_DEPTH = 32
 MAX_YAML_ALIASES = 64
 # A learning rate the trainer can use: finite, and neither vanishing nor exploding.
-LearningRate = Annotated[float, Field(ge=1e-8, le=10.0, allow_inf_nan=False)]
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 10.0
+LearningRate = Annotated[float, Field(ge=MIN_LEARNING_RATE, le=MAX_LEARNING_RATE, allow_inf_nan=False)]
 Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
 # Python's `re` backtracks: a quantifier inside a quantifier (`(\w*)*z`) or an alternation under one takes
 # exponential time on a layer name it does not match, and every unbounded quantifier more multiplies the
