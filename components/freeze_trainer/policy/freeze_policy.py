@@ -31,25 +31,25 @@ MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 10.0
 LearningRate = Annotated[float, Field(ge=MIN_LEARNING_RATE, le=MAX_LEARNING_RATE, allow_inf_nan=False)]
 Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
 # Python's `re` backtracks: a quantifier inside a quantifier (`(\w*)*z`) or an alternation under one takes
-# exponential time on a layer name it does not match, and every unbounded quantifier more multiplies the
+# exponential time on a layer name it does not match, and every repeating quantifier more multiplies the
 # work by the name's length. Policies are refused such patterns (google-re2 would match them in linear time,
 # but it is a compiled dependency that changes the regex dialect); selectors rarely need more than two.
 MAX_REGEX_LENGTH = 256
-MAX_UNBOUNDED_REPEATS = 3
+MAX_REPEATS = 3
 _REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT)
 
 
 def _repeat_refusal(items, inside_repeat: bool, counts: list[int]) -> str | None:
     """Why a parsed pattern may backtrack super-linearly, walking its items; `counts[0]` sums the
-    unbounded quantifiers seen."""
+    repeating quantifiers seen (`?` does not repeat)."""
     for op, av in items:
         if op in _REPEATS:
-            low, high, body = av
-            repeats = high == sre_constants.MAXREPEAT or high > 1
-            if repeats and inside_repeat:
+            _, high, body = av
+            if inside_repeat:  # `(a?){25}` backtracks as `(a*)*` does
                 return "nests a quantifier inside a quantifier (as `(\\w*)*`)"
-            counts[0] += high == sre_constants.MAXREPEAT
-            reason = _repeat_refusal(body, inside_repeat or repeats, counts)
+            repeats = high > 1
+            counts[0] += repeats
+            reason = _repeat_refusal(body, repeats, counts)
         elif op is sre_constants.BRANCH:
             if inside_repeat:
                 return "repeats an alternation (as `(a|ab)*`)"
@@ -76,8 +76,8 @@ def regex_refusal(pattern: str) -> str | None:
         return f"invalid regular expression {pattern!r}: {err}"
     counts = [0]
     reason = _repeat_refusal(parsed, False, counts)
-    if reason is None and counts[0] > MAX_UNBOUNDED_REPEATS:
-        reason = f"has {counts[0]} unbounded quantifiers (at most {MAX_UNBOUNDED_REPEATS})"
+    if reason is None and counts[0] > MAX_REPEATS:
+        reason = f"has {counts[0]} repeating quantifiers (at most {MAX_REPEATS})"
     if reason:
         return (f"regular expression {pattern!r} {reason}, which can backtrack for seconds on a layer name; "
                 "use a simpler pattern, a glob or names")
