@@ -21,7 +21,6 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import json
-import math
 import os
 import socket
 import sys
@@ -35,7 +34,7 @@ from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer
 from freeze_trainer.cli.terminal import TerminalLog, echo_error, quiet_terminal, verbose_option
 from freeze_trainer.policy import PolicyError, read_policy_source
 from freeze_trainer.tfx.trainer_config import (
-    ConfigError, TrainerConfig, hyperparameter_values, model_hyperparameters,
+    ConfigError, TrainerConfig, config_with_hyperparameters, model_hyperparameters, read_hyperparameters_file,
 )
 from pipelines.demo_backbone import DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path
 from pipelines.model_options import ModelOptions
@@ -101,40 +100,23 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def validated_config(image_size: int, trainer_module: str | None, hyperparameters: str | None,
                      **values) -> TrainerConfig:
-    """The trainer configuration, checked against the model's layers before any data is read (a module's
-    `build_model` gets the model's own values from the `hyperparameters` file)."""
+    """The trainer configuration, checked against the model's layers before any data is read, with the
+    `hyperparameters` file applied as the executor applies it (`config_with_hyperparameters`: names, types,
+    bounds; a module's `build_model` gets the model's own values). Returns the configuration without the
+    file: the executor applies it, and records it."""
     from freeze_trainer.tfx.trainer_model import plan_for_config
 
     try:
         values["freeze_policy"] = read_policy_source(values["freeze_policy"])
         config = TrainerConfig.from_parameters(**values)
-        model_values = model_hyperparameters(hyperparameters_of(hyperparameters)) if hyperparameters else None
+        overrides = read_hyperparameters_file(hyperparameters) if hyperparameters else {}
         build_model = load_build_model(trainer_module) if trainer_module else None
-        plan_for_config(config, (image_size, image_size, 3), build_model=build_model,
-                        hyperparameters=model_values if build_model else None)
+        planned = config_with_hyperparameters(values, overrides, user_model=trainer_module is not None)
+        plan_for_config(planned, (image_size, image_size, 3), build_model=build_model,
+                        hyperparameters=model_hyperparameters(overrides) if build_model and overrides else None)
     except user_errors() as err:
         raise click.UsageError(str(err)) from None
     return config
-
-
-def hyperparameters_of(path: str) -> dict:
-    """The name -> value mapping of a hyperparameters file, read before anything runs: JSON, finite numbers
-    (json reads NaN, Infinity and 1e999 as floats, which would train to NaN), a mapping."""
-    def finite(text: str) -> float:
-        if not math.isfinite(value := float(text)):
-            raise ValueError(f"{text} is not a finite number")
-        return value
-
-    try:
-        with open(path) as f:
-            document = json.load(f, parse_constant=finite, parse_float=finite)
-    except OSError as err:
-        raise ConfigError("hyperparameters", f"{path}: {err.strerror or err}") from None
-    except ValueError as err:  # UnicodeDecodeError too
-        raise ConfigError("hyperparameters", f"{path} is not JSON of finite numbers: {err}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("values", document), dict):
-        raise ConfigError("hyperparameters", f"{path} holds no name -> value mapping")
-    return hyperparameter_values(document)
 
 
 def imported_file_folder(path: str, output_dir: str, name: str) -> str:

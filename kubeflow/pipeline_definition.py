@@ -22,11 +22,13 @@ one spec per resource profile instead.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from freeze_trainer.policy.validation import first_error
 from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, TrainerConfig
 from pipelines.pipeline_options import PipelineOptions
 
@@ -259,17 +261,28 @@ class CompileOptions(PipelineOptions):
 
 # The pipeline parameters of every compiled spec, with their types: the compile options marked per run (the
 # data root) and the per-run trainer parameters of the table.
-_PER_RUN_OPTIONS = tuple(name for name, field in CompileOptions.model_fields.items()
+PER_RUN_OPTIONS = tuple(name for name, field in CompileOptions.model_fields.items()
                          if (field.json_schema_extra or {}).get("per_run"))
 PARAMETER_TYPES = {
-    **{name: CompileOptions.model_fields[name].annotation for name in _PER_RUN_OPTIONS},
+    **{name: CompileOptions.model_fields[name].annotation for name in PER_RUN_OPTIONS},
     **{p.name: p.pipeline_type for p in TRAINER_PARAMETERS if p.per_run},
 }
 PARAMETER_NAMES = tuple(PARAMETER_TYPES)
 
 
+def option_refusal(name: str, value: Any) -> str | None:
+    """Why `value` is not one the per-run compile option `name` (the data root) accepts, by its field's own
+    bounds (an empty data root, say), or None: a run's value is checked as the compiled default was."""
+    field = CompileOptions.model_fields[name]
+    try:
+        pydantic.TypeAdapter(Annotated[(field.annotation, *field.metadata)]).validate_python(value)
+    except pydantic.ValidationError as err:
+        return f"{name}: {first_error(err)[1]}"
+    return None
+
+
 def parameter_defaults(options: CompileOptions) -> dict[str, Any]:
-    values = {**{name: getattr(options, name) for name in _PER_RUN_OPTIONS}, **options.trainer.parameter_values()}
+    values = {**{name: getattr(options, name) for name in PER_RUN_OPTIONS}, **options.trainer.parameter_values()}
     return {name: values[name] for name in PARAMETER_NAMES}
 
 

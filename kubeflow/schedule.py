@@ -11,12 +11,15 @@ Scheduled runs always run with caching off: a retraining run whose inputs look u
 train, evaluate against the current blessed model and decide whether to push. Before anything is
 submitted, the values pass the check `kubeflow.run` uses too (`kubeflow.submission`): names and types
 against the compiled spec's parameters, the trainer's validation, and the policy planned against the
-compiled backbone and image size. `--dry-run` prints the request instead of sending it.
+compiled backbone and image size; the cron expression is read by croniter (it must name a date that
+exists) and its time zone by zoneinfo. `--dry-run` prints the request instead of sending it.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
+import zoneinfo
 
 import click
 
@@ -34,20 +37,47 @@ from kubeflow.submission import (
 )
 
 
+_TIME_ZONE_PREFIX = re.compile(r"^(?:TZ|CRON_TZ)=(\S+)\s+")
+
+
+def check_cron_fields(cron: str, fields: str, seconds_first: bool = False, time_zone: str | None = None) -> None:
+    """Refuses (click.BadParameter naming `cron`) cron `fields` croniter cannot read, or that never fire (the
+    31st of February), and a `time_zone` the zoneinfo database does not know."""
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
+    zone = None
+    if time_zone is not None:
+        try:
+            zone = zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise click.BadParameter(
+                f"{cron!r}: unknown time zone {time_zone!r} (an IANA name, e.g. Europe/Berlin)") from None
+    try:
+        croniter(fields, datetime.datetime.now(zone), second_at_beginning=seconds_first).get_next()
+    except CroniterBadDateError:
+        raise click.BadParameter(f"{cron!r}: matches no date: the schedule would never run") from None
+    except (CroniterError, ValueError, KeyError) as err:
+        raise click.BadParameter(f"{cron!r}: not a cron expression croniter reads: {err}") from None
+
+
 def kfp_cron(cron: str) -> str:
-    """KFP takes six fields (seconds first); Vertex and crontab take five."""
+    """KFP takes six fields (seconds first) and no time zone; Vertex and crontab take five."""
+    if _TIME_ZONE_PREFIX.match(cron):
+        raise click.BadParameter(f"{cron!r}: KFP schedules take no TZ= prefix (they run in the cluster's UTC)")
     fields = cron.split()
-    if len(fields) == 5:
-        return "0 " + cron
-    if len(fields) == 6:
-        return cron
-    raise click.BadParameter(f"{cron!r}: a cron expression has five or six fields")
+    if len(fields) not in (5, 6):
+        raise click.BadParameter(f"{cron!r}: a cron expression has five or six fields")
+    six = cron if len(fields) == 6 else "0 " + cron
+    check_cron_fields(cron, six, seconds_first=True)
+    return six
 
 
 def vertex_cron(cron: str) -> str:
-    fields = re.sub(r"^(TZ|CRON_TZ)=\S+\s+", "", cron).split()
-    if len(fields) != 5:
+    prefix = _TIME_ZONE_PREFIX.match(cron)
+    fields = cron[prefix.end():] if prefix else cron
+    if len(fields.split()) != 5:
         raise click.BadParameter(f"{cron!r}: Vertex takes a five-field cron, optionally prefixed by TZ=Zone")
+    check_cron_fields(cron, fields, time_zone=prefix.group(1) if prefix else None)
     return cron
 
 

@@ -31,11 +31,13 @@ import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow
 from freeze_trainer.cli.terminal import echo_error
 from freeze_trainer.policy import PolicyError, parse_policy, read_policy_source
 from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, TRAINER_PARAMETER_NAMES, ConfigError, TrainerConfig
-from kubeflow.pipeline_definition import TRAINER_NODE_ID
+from kubeflow.pipeline_definition import PER_RUN_OPTIONS, TRAINER_NODE_ID, option_refusal
 
 TRANSFORM_NODE_ID = "Transform"
 _PARAMETER_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
 _TYPE_NAMES = {str: "a string", int: "an int", float: "a float", bool: "a boolean"}
+# A compiled spec is ~100 kB (its policy included); the cap keeps a wrong --template (a data file) unread.
+MAX_TEMPLATE_BYTES = 16 * 1024 * 1024
 # Trainer task inputs that hand the model to the user's code: the plan is theirs to make.
 _USER_CODE_INPUTS = ("module_file", "module_path", "run_fn")
 
@@ -51,7 +53,10 @@ class Refused(click.ClickException):
 
 def read_pipeline_spec(path: str) -> dict:
     """The PipelineSpec dict of a compiled `.json` PipelineJob or `.yaml` PipelineSpec; Refused, naming the
-    file, when it is missing or unreadable, or holds no compiled pipeline (no root parameters)."""
+    file, when it is missing or unreadable, larger than MAX_TEMPLATE_BYTES (refused unread), or holds no
+    compiled pipeline (no root parameters)."""
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_TEMPLATE_BYTES:
+        raise Refused(f"template: {path}: larger than {MAX_TEMPLATE_BYTES} bytes: not a compiled pipeline")
     try:
         with open(path) as f:
             document = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
@@ -170,6 +175,8 @@ def parameter_values(path: str, overrides: dict[str, Any], plan: bool = True) ->
         if name not in declared:
             raise Refused(f"{name!r} is not a parameter of {path}; it has {', '.join(sorted(declared))}")
         values[name] = _typed(name, text, _PARAMETER_TYPES[declared[name]["parameterType"]])
+        if name in PER_RUN_OPTIONS and (refusal := option_refusal(name, values[name])):
+            raise Refused(refusal)
     if "freeze_policy" in values:
         try:
             values["freeze_policy"] = parse_policy(values["freeze_policy"]).canonical_json()

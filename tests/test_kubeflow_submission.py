@@ -264,3 +264,13 @@ def test_the_base_image_tfx_and_python_agree_with_the_project_pins():
     assert f"{python_version}.0" in requires
     # The image checks its interpreter against PYTHON_VERSION before installing anything.
     assert "sys.version_info[:2]" in dockerfile and "${PYTHON_VERSION}" in dockerfile
+
+
+@pytest.mark.parametrize("param, naming", [
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("batch_size=100000000000000000000000", "batch_size: Input should be less than or equal to 65536"),
+    ("data_root=", "data_root: String should have at least 1 character"),
+])
+def test_values_out_of_the_tables_bounds_are_refused_by_run_and_schedule(compiled, offline, param, naming):
+    """The table's bounds, and the compile options', hold for a run's values too (the dry run said "checked")."""
+    _refused(compiled, offline, ["--param", param], naming)

@@ -2,6 +2,7 @@
 policy it accepts plans and applies cleanly."""
 
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,3 +179,67 @@ def test_a_path_that_is_not_a_file_is_never_read_as_an_inline_policy(name, prefi
     value = prefix + name + suffix
     with pytest.raises(PolicyError, match=r"^freeze policy: policy file .* (does not exist|is a directory|is not a regular file)$"):
         read_policy_source(value)
+
+
+# Duplicate keys: a well-formed policy written with one mapping's key twice, as JSON or as YAML (JSON text
+# behind a comment line goes through the YAML loader), is refused naming that key, never half-read.
+def _dump_with_repeated_key(value, target: int, counter: list[int]) -> str:
+    """JSON text of `value` in which the `target`-th mapping (depth first, modulo their count) repeats its
+    first key."""
+    if isinstance(value, dict):
+        index = counter[0]
+        counter[0] += 1
+        items = [f"{json.dumps(key)}: {_dump_with_repeated_key(child, target, counter)}" for key, child in value.items()]
+        if index == target and value:
+            first_key, first = next(iter(value.items()))
+            items.append(f"{json.dumps(first_key)}: {json.dumps(first)}")
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_dump_with_repeated_key(child, target, counter) for child in value) + "]"
+    return json.dumps(value)
+
+
+def _mappings(value) -> list[dict]:
+    if isinstance(value, dict):
+        return [value, *(m for child in value.values() for m in _mappings(child))]
+    return [m for child in value for m in _mappings(child)] if isinstance(value, list) else []
+
+
+@settings(max_examples=150, deadline=1000)
+@given(policy=good_policies, target=st.integers(0, 50), as_yaml=st.booleans())
+def test_a_repeated_key_anywhere_in_a_json_or_yaml_policy_is_refused_naming_it(policy, target, as_yaml):
+    mappings = [m for m in _mappings(policy) if m]
+    target %= len(mappings)
+    text = _dump_with_repeated_key(policy, target, [0])
+    if as_yaml:
+        text = "# YAML\n" + text
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(text)
+    assert raised.value.key == str(next(iter(mappings[target]))) and "repeated" in raised.value.reason
+
+
+# Regex selectors from pieces that include nested quantifiers and alternations: each is refused at validation
+# or plans, and either way within the example's time budget; an accepted one also matches in linear-ish time
+# a long name built to make a backtracking matcher fail slowly.
+REGEX_PIECES = ["a", "_", "conv", r"\w", r"\d", ".", "[a-z]", "(", ")", "(?:", "*", "+", "?", "{2,}", "{1,3}", "|", "z"]
+
+
+@settings(max_examples=300, deadline=1500, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from(REGEX_PIECES), min_size=1, max_size=14))
+def test_regex_selectors_are_refused_or_match_fast(model, pieces):
+    import re
+
+    pattern = "".join(pieces)
+    try:
+        policy = parse_policy(json.dumps({"version": 1, "rules": [{"freeze": {"regex": pattern}}]}))
+    except PolicyError as err:
+        assert err.key == "rules[0].freeze.regex" and "\n" not in str(err)
+        return
+    adversarial = "conv_" + "a1_" * 30 + "!"  # fails at its last character after every split of the rest
+    started = time.monotonic()
+    re.fullmatch(pattern, adversarial)
+    assert time.monotonic() - started < 0.5
+    try:
+        plan_policy(policy, model)
+    except PolicyError as err:  # the regex matches no layer, freezes the head or every layer
+        assert str(err).startswith("freeze policy: rules")

@@ -46,7 +46,9 @@ _model_options = [
                  help="`none` plans on the architecture alone; a `.keras` backbone plans on its own layers."),
     click.option("--alpha", type=float, default=None, help="Width multiplier of MobileNet backbones."),
     click.option("--image-size", type=int, default=224, show_default=True),
-    click.option("--num-classes", type=int, default=10, show_default=True),
+    # A plan's head is a multiclass one: fewer than two classes is no classifier (0 made a head of 0 weights).
+    click.option("--num-classes", type=click.IntRange(min=2), default=10, show_default=True,
+                 help="Classes of the planned head (2 or more)."),
     click.option("--learning-rate", type=float, default=_DEFAULTS.learning_rate, show_default=True,
                  help="The trainer's default rate."),
     click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True,
@@ -98,7 +100,8 @@ def _planned_line(planned: dict) -> str:
 
     model = planned["backbone"] + (f" alpha {planned['alpha']:g}" if planned["alpha"] is not None else "")
     weights = "" if planned["backbone_weights"] == "none" else f" ({planned['backbone_weights']})"
-    size = f"at {planned['image_size']} px" if planned["image_size"] else format_inputs(planned["inputs"])
+    size = (f"at {planned['image_size']} px" if planned["image_size"] else
+            format_inputs(planned["inputs"]) if planned["inputs"] else "on its own inputs")
     defaults = planned["defaults"]
     return (f"{model}{weights} {size}, {planned['num_classes']} classes; defaults for phases "
             f"that set none: head lr {format_lr(defaults['learning_rate'])}, {defaults['epochs']} epochs")
@@ -200,7 +203,8 @@ def search(space: str, base_policy: str | None, **kwargs) -> None:
         raise _BadSearchSpace(str(err)) from None
     except (PolicyError, ConfigError, BackboneError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(_planned_line(_planned(kwargs)) + (f"; base policy {base_policy}" if base_policy else ""))
+    # The combinations plan on several models; a custom base's inputs are listed by `plan`, not here.
+    click.echo(_planned_line(_planned(kwargs, {})) + (f"; base policy {base_policy}" if base_policy else ""))
     click.echo(f"{searched.algorithm} search, objective {searched.objective_text()}")
     for name, values in searched.hyperparameters.items():
         if not isinstance(values, list):

@@ -22,7 +22,14 @@ from freeze_trainer.keras.classifier_model import (
     head_layers,
     random_layers_before_features,
 )
-from freeze_trainer.policy.freeze_policy import FreezePolicy, Phase, PolicyError, Selector
+from freeze_trainer.policy.freeze_policy import (
+    MAX_LEARNING_RATE,
+    MIN_LEARNING_RATE,
+    FreezePolicy,
+    Phase,
+    PolicyError,
+    Selector,
+)
 
 BATCHNORM_CLASSES = (tf.keras.layers.BatchNormalization,)
 HEAD_GROUP = "head"
@@ -262,6 +269,13 @@ def _decayed_rates(
     return {layer.name: head_lr / decay.factor ** depth for depth, layer in enumerate(weighted, start=1)}
 
 
+def _check_effective_rate(rate: float, key: str, how: str) -> None:
+    """A layer's rate obeys a learning rate's bounds (`LearningRate`), however it is reached."""
+    if not MIN_LEARNING_RATE <= rate <= MAX_LEARNING_RATE:
+        raise PolicyError(key, f"gives an effective learning rate of {rate:g} ({how}); a rate lies in "
+                               f"[{MIN_LEARNING_RATE:g}, {MAX_LEARNING_RATE:g}]")
+
+
 def _feature_cache_blocker(states: list[LayerState], random_layers: list[str]) -> str | None:
     training = [state.name for state in states if state.trainable and not state.in_head]
     if training:
@@ -300,6 +314,9 @@ def _plan_phase(
     for index, rule in enumerate(phase.lr_rules):
         for name in select_layers(rule.select, layers, f"{key}lr_rules[{index}].select"):
             rates[name] = rule.lr if rule.lr is not None else head_lr * rule.multiplier
+        if rule.multiplier is not None:
+            _check_effective_rate(head_lr * rule.multiplier, f"{key}lr_rules[{index}].multiplier",
+                                  f"{rule.multiplier:g} × the head's rate {head_lr:g}")
 
     if not any(trainable.values()):
         raise PolicyError(key.rstrip(".") or "rules", "freezes every variable: nothing would train")

@@ -8,6 +8,7 @@ rather than the value, so that a phase's start fits in a training checkpoint.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ class FreezeCheck:
     non_finite: tuple[str, ...] = ()
     # With `restore_best`: the epoch of the phase (from 1; 0: its start) whose weights it ended with.
     best_epoch: int | None = None
+    # (first epoch's loss, highest later one) when the training loss rose past DIVERGENCE_RATIO × its start:
+    # training diverged with finite weights (a rate far too high), as surely as with NaN.
+    loss_rise: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +51,8 @@ class FreezeCheck:
         return cls(**{**values, **{key: tuple(values.get(key, ())) for key in _NAME_LISTS}})
 
 
-_NAME_LISTS = ("changed_frozen", "unchanged_trainable", "trainable_off_plan", "non_finite")
+_NAME_LISTS = ("changed_frozen", "unchanged_trainable", "trainable_off_plan", "non_finite", "loss_rise")
+DIVERGENCE_RATIO = 100.0
 Snapshot = dict  # variable ref -> (name, SHA-256 of its value's bytes)
 
 
@@ -55,9 +60,39 @@ def snapshot(model: tf.keras.Model) -> Snapshot:
     return {v.ref(): (v.name, hashlib.sha256(np.asarray(v.numpy()).tobytes()).hexdigest()) for v in model.variables}
 
 
-def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> FreezeCheck:
+class LossRise(tf.keras.callbacks.Callback):
+    """Watches a phase's training loss: its first epoch's, and the highest after it. A loss past
+    DIVERGENCE_RATIO × the first stops the phase, which then fails as diverged (`check_phase`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first: float | None = None
+        self.highest: float | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or not math.isfinite(loss):  # NaN or Inf: the weights' check names it
+            return
+        if self.first is None:
+            self.first = float(loss)
+        else:
+            self.highest = max(self.highest or float(loss), float(loss))
+        if self.diverged:
+            self.model.stop_training = True
+
+    @property
+    def diverged(self) -> tuple[float, ...]:
+        """(first loss, highest loss) when the loss rose past the ratio, else ()."""
+        if self.first and self.highest is not None and self.first > 0 and self.highest > DIVERGENCE_RATIO * self.first:
+            return (self.first, self.highest)
+        return ()
+
+
+def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot, loss_rise: tuple[float, ...] = ()
+                ) -> FreezeCheck:
     """Compares the model with its phase-start snapshot under the plan's own variable split. Keras'
-    `trainable` flags must agree with that split too: otherwise `fit` trained something else than planned."""
+    `trainable` flags must agree with that split too: otherwise `fit` trained something else than planned.
+    `loss_rise` (`LossRise.diverged`) fails a phase whose loss diverged."""
     split = plan.variable_split(model)
     may_change = split.may_change()
     after = snapshot(model)
@@ -78,7 +113,8 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
     return FreezeCheck(
         phase=plan.phase.name,
         # A phase in which nothing moved did not train: as much a failure as a frozen variable moving.
-        passed=not changed_frozen and not off_plan and not non_finite and len(unchanged_trainable) < len(may_change),
+        passed=not changed_frozen and not off_plan and not non_finite and not loss_rise
+        and len(unchanged_trainable) < len(may_change),
         frozen_variables=len(split.frozen),
         trainable_variables=len(may_change),
         frozen_params=sum(v.shape.num_elements() for v in split.frozen),
@@ -87,6 +123,7 @@ def check_phase(model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> Fre
         unchanged_trainable=tuple(unchanged_trainable),
         trainable_off_plan=off_plan,
         non_finite=non_finite,
+        loss_rise=tuple(loss_rise),
     )
 
 
@@ -114,6 +151,12 @@ def raise_on_violation(check: FreezeCheck, model: tf.keras.Model | None = None) 
         raise FreezeViolation(
             f"phase {check.phase!r}: training diverged: {len(check.non_finite)} variable(s) hold NaN or Inf, e.g. "
             f"{check.non_finite[0]} (lower the learning rate)"
+        )
+    if check.loss_rise:
+        first, highest = check.loss_rise
+        raise FreezeViolation(
+            f"phase {check.phase!r}: training diverged: the loss rose from {first:.4g} (first epoch) to "
+            f"{highest:.4g}, more than {DIVERGENCE_RATIO:g}× (lower the learning rate)"
         )
     if check.trainable_off_plan:
         raise FreezeViolation(

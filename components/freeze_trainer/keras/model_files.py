@@ -19,6 +19,9 @@ import tensorflow as tf
 
 from freeze_trainer.keras.keras3_files import RESAVE_HINT, Keras3MappingError, saved_by_keras3, tf_keras_config
 
+# config.json of the largest keras.applications model (EfficientNetV2L) is ~1 MB; 32 MB leaves room for big
+# custom models and refuses a zip bomb's gigabytes before they are inflated.
+MAX_MEMBER_BYTES = 32 * 1024 * 1024
 # The classes a file may name, by the `module` tf-keras 2.16 writes for them. Each only stores data
 # (shapes, rates, seeds); none takes a callable. Lambda and the op layers that wrap methods are absent.
 _LAYERS = frozenset({
@@ -123,11 +126,25 @@ def _with_config(path: str, config: dict[str, Any], directory: str) -> str:
     return copy
 
 
+def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of `name` in `archive`, refused (ValueError) unread when it inflates past MAX_MEMBER_BYTES:
+    a zip bomb's entry is small on disk and gigabytes in memory. Reading stops at the limit whatever the
+    header claims."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise ValueError(f"{name} inflates to {size} bytes, more than {MAX_MEMBER_BYTES}")
+    with archive.open(name) as member:
+        data = member.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ValueError(f"{name} inflates to more than {MAX_MEMBER_BYTES} bytes")
+    return data
+
+
 def _read_metadata(path: str) -> dict[str, Any]:
     """metadata.json of a `.keras` archive (which Keras saved it); empty when absent or not a JSON object."""
     try:
         with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
+            metadata = json.loads(_read_member(archive, "metadata.json"))
     except (KeyError, ValueError, OSError, zipfile.BadZipFile, RecursionError):
         return {}
     return metadata if isinstance(metadata, dict) else {}
@@ -137,7 +154,9 @@ def read_config(path: str) -> dict[str, Any]:
     """`config.json` of a `.keras` archive, read without deserializing anything."""
     try:
         with zipfile.ZipFile(path) as archive:
-            text = archive.read("config.json")
+            text = _read_member(archive, "config.json")
+    except ValueError as err:
+        raise ModelFileError(path, f"not read: {err}") from None
     except zipfile.BadZipFile:
         raise ModelFileError(path, "not a .keras file: not a zip archive") from None
     except KeyError:

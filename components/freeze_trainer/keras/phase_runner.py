@@ -22,7 +22,7 @@ from absl import logging
 from freeze_trainer.keras.best_weights import BestWeights, RecordBest
 from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
 from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, epoch_spans, policy_layers
-from freeze_trainer.keras.freeze_proof import FreezeCheck, check_phase, raise_on_violation, snapshot
+from freeze_trainer.keras.freeze_proof import FreezeCheck, LossRise, check_phase, raise_on_violation, snapshot
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.phase_progress import PhaseProgress, phase_header
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
@@ -154,7 +154,8 @@ def run_phases(
             # Restored weights already hold the batches trained before the checkpoint: a phase resumed
             # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
             before = resumed.phase_start if position else snapshot(model)
-            extra = []
+            loss_rise = LossRise()
+            extra = [loss_rise]
             record = RecordBest(best, _changing(split), epoch) if plan.phase.restores_best else None
             if record:
                 extra.append(record)  # before the checkpoint, whose epoch-end save then holds the epoch's record
@@ -172,7 +173,7 @@ def run_phases(
                 )
                 if data.model.stop_training:  # an early stop ends the phase, as within one call
                     break
-            check = check_phase(model, plan, before)  # proves what training moved, before any restore
+            check = check_phase(model, plan, before, loss_rise.diverged)  # what training moved, before any restore
             if record and best.record.epoch is not None:
                 if best.record.epoch != record.last_epoch:
                     best.restore(_changing(split))

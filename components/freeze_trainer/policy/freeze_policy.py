@@ -12,11 +12,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 import re
+import sre_constants
+import sre_parse
 from typing import Annotated, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from freeze_trainer.policy.validation import DocumentError, first_error
 
@@ -25,8 +27,70 @@ MAX_POLICY_BYTES = 64 * 1024
 MAX_POLICY_DEPTH = 32
 MAX_YAML_ALIASES = 64
 # A learning rate the trainer can use: finite, and neither vanishing nor exploding.
-LearningRate = Annotated[float, Field(ge=1e-8, le=10.0, allow_inf_nan=False)]
+MIN_LEARNING_RATE, MAX_LEARNING_RATE = 1e-8, 10.0
+LearningRate = Annotated[float, Field(ge=MIN_LEARNING_RATE, le=MAX_LEARNING_RATE, allow_inf_nan=False)]
 Multiplier = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
+# Python's `re` backtracks: a quantifier inside a quantifier (`(\w*)*z`) or an alternation under one takes
+# exponential time on a layer name it does not match, and every repeating quantifier more multiplies the
+# work by the name's length. Policies are refused such patterns (google-re2 would match them in linear time,
+# but it is a compiled dependency that changes the regex dialect); selectors rarely need more than two.
+MAX_REGEX_LENGTH = 256
+MAX_REPEATS = 3
+_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT)
+
+
+def _repeat_refusal(items, inside_repeat: bool, counts: list[int]) -> str | None:
+    """Why a parsed pattern may backtrack super-linearly, walking its items; `counts[0]` sums the
+    repeating quantifiers seen (`?` does not repeat)."""
+    for op, av in items:
+        if op in _REPEATS:
+            _, high, body = av
+            if inside_repeat:  # `(a?){25}` backtracks as `(a*)*` does
+                return "nests a quantifier inside a quantifier (as `(\\w*)*`)"
+            repeats = high > 1
+            counts[0] += repeats
+            reason = _repeat_refusal(body, repeats, counts)
+        elif op is sre_constants.BRANCH:
+            if inside_repeat:
+                return "repeats an alternation (as `(a|ab)*`)"
+            reason = next(filter(None, (_repeat_refusal(branch, inside_repeat, counts) for branch in av[1])), None)
+        elif op is sre_constants.SUBPATTERN:
+            reason = _repeat_refusal(av[-1], inside_repeat, counts)
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            reason = _repeat_refusal(av[1], inside_repeat, counts)
+        else:
+            continue
+        if reason:
+            return reason
+    return None
+
+
+def regex_refusal(pattern: str) -> str | None:
+    """Why a selector's or block_pattern's regular expression is refused (invalid, too long, or one that
+    may backtrack for seconds on a layer name), or None."""
+    if len(pattern) > MAX_REGEX_LENGTH:
+        return f"regular expression longer than {MAX_REGEX_LENGTH} characters"
+    try:
+        parsed = sre_parse.parse(pattern)
+    except (re.error, OverflowError, RecursionError) as err:
+        return f"invalid regular expression {pattern!r}: {err}"
+    counts = [0]
+    reason = _repeat_refusal(parsed, False, counts)
+    if reason is None and counts[0] > MAX_REPEATS:
+        reason = f"has {counts[0]} repeating quantifiers (at most {MAX_REPEATS})"
+    if reason:
+        return (f"regular expression {pattern!r} {reason}, which can backtrack for seconds on a layer name; "
+                "use a simpler pattern, a glob or names")
+    return None
+
+
+def _linear_regex(pattern: str | None) -> str | None:
+    if pattern is not None and (reason := regex_refusal(pattern)):
+        raise ValueError(reason)
+    return pattern
+
+
+LinearRegex = Annotated[str, AfterValidator(_linear_regex)]
 
 
 class PolicyError(DocumentError):
@@ -45,7 +109,7 @@ class Selector(_Strict):
     base: Literal[True] | None = Field(None, description="Every layer of the pretrained backbone.")
     names: list[str] | None = Field(None, min_length=1, description="Exact layer names.")
     glob: str | None = Field(None, description="A shell-style pattern over layer names.")
-    regex: str | None = Field(None, description="A regular expression matched against the whole layer name.")
+    regex: LinearRegex | None = Field(None, description="A regular expression matched against the whole layer name.")
     top: PositiveInt | None = Field(None, description="The last N layers of the backbone.")
     top_fraction: float | None = Field(None, gt=0.0, le=1.0, description="The last fraction of the backbone's layers.")
     bottom_fraction: float | None = Field(
@@ -353,7 +417,7 @@ class FreezePolicy(_Strict):
         ),
     )
     auto_groups: int = Field(4, ge=1, le=64, description="How many contiguous `auto_<i>` groups split the backbone.")
-    block_pattern: str | None = Field(
+    block_pattern: LinearRegex | None = Field(
         None,
         min_length=1,
         description="A regular expression whose first capture group, matched at the start of a base layer's name,"
@@ -495,7 +559,8 @@ def _yaml_where(err: yaml.YAMLError) -> str:
 
 
 def parse_policy(text: str) -> FreezePolicy:
-    """Parses a policy from JSON or YAML text. Raises PolicyError, and only PolicyError."""
+    """Parses a policy from JSON or YAML text. Raises PolicyError, and only PolicyError. A key repeated in a
+    mapping is refused: JSON's and YAML's loaders would keep one of the two definitions silently."""
     return policy_from_dict(load_document(text))
 
 
@@ -508,17 +573,17 @@ def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
     return document
 
 
-def load_document(text: str, noun: str = "policy", unique_keys: bool = False) -> object:
+def load_document(text: str, noun: str = "policy") -> object:
     """The data of a JSON or YAML document within the policy's bounds (size, depth, aliases); `noun` names
-    it in errors. `unique_keys` refuses a mapping that repeats a key. Raises PolicyError, and only that."""
+    it in errors. A mapping that repeats a key is refused, naming the key. Raises PolicyError, and only that."""
     if not isinstance(text, str) or not text.strip():
         raise PolicyError("", f"the {noun} is empty")
     if len(text.encode()) > MAX_POLICY_BYTES:
         raise PolicyError("", f"the {noun} is larger than {MAX_POLICY_BYTES} bytes")
-    loader = type("Loader", (_UniqueKeyLoader if unique_keys else _BoundedLoader,), {"noun": noun})
+    loader = type("Loader", (_UniqueKeyLoader,), {"noun": noun})
     try:
         # JSON is YAML, but JSON's own parser gives better positions for JSON's errors.
-        data = json.loads(text, object_pairs_hook=_refuse_repeated_keys if unique_keys else None) \
+        data = json.loads(text, object_pairs_hook=_refuse_repeated_keys) \
             if text.lstrip().startswith("{") else yaml.load(text, Loader=loader)
     except json.JSONDecodeError as err:
         raise PolicyError("", f"malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None

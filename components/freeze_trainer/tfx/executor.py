@@ -30,9 +30,12 @@ from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR, FREEZE_REPORT_AS
 from freeze_trainer.tfx.trainer_config import (
     CUSTOM_CONFIG_KEY,
     TRAINER_PARAMETER_NAMES,
+    MAX_HYPERPARAMETERS_BYTES,
+    ConfigError,
     TrainerConfig,
-    apply_hyperparameters,
-    hyperparameter_values,
+    config_with_hyperparameters,
+    model_hyperparameters,
+    read_hyperparameters_text,
 )
 
 DEFAULT_RUN_FN = "freeze_trainer.tfx.run_fn.run_fn"
@@ -52,9 +55,11 @@ def trainer_config_from_exec_properties(
     exec_properties: dict[str, Any], hyperparameters: dict[str, Any] | None = None
 ) -> TrainerConfig:
     """Raises PolicyError for a bad policy and ConfigError for other bad parameters. `hyperparameters`
-    (the Tuner's best values) override the parameters and policy fields they name."""
+    (the Tuner's best values) override the parameters and policy fields they name, checked as the local
+    runner checks them (`config_with_hyperparameters`): other names only where a user module may read them."""
     values = {key: exec_properties.get(key) for key in TRAINER_PARAMETER_NAMES}
-    return TrainerConfig.from_parameters(**apply_hyperparameters(values, hyperparameters or {}))
+    user_code = any(exec_properties.get(key) for key in (*_MODULE_KEYS, "run_fn"))
+    return config_with_hyperparameters(values, hyperparameters or {}, user_model=user_code)
 
 
 def read_hyperparameters(input_dict: dict[str, list[types.Artifact]]) -> dict[str, Any]:
@@ -64,7 +69,9 @@ def read_hyperparameters(input_dict: dict[str, list[types.Artifact]]) -> dict[st
     if not artifacts:
         return {}
     path = io_utils.get_only_uri_in_dir(artifact_utils.get_single_uri(artifacts))
-    return hyperparameter_values(json.loads(file_io.read_file_to_string(path)))
+    if file_io.stat(path).length > MAX_HYPERPARAMETERS_BYTES:
+        raise ConfigError("hyperparameters", f"{path} is larger than {MAX_HYPERPARAMETERS_BYTES} bytes")
+    return read_hyperparameters_text(file_io.read_file_to_string(path), path)
 
 
 def source_file(fn: Any) -> str | None:
@@ -116,8 +123,13 @@ class Executor(GenericExecutor):
     ) -> None:
         hyperparameters = read_hyperparameters(input_dict)
         self._config = trainer_config_from_exec_properties(exec_properties, hyperparameters)
-        if hyperparameters:  # on the training log, beside the progress bar, not only in the absl log
-            print(f"Hyperparameters override the trainer parameters: {json.dumps(hyperparameters)}", flush=True)
+        model_own = model_hyperparameters(hyperparameters)
+        overrides = {name: value for name, value in hyperparameters.items() if name not in model_own}
+        # On the training log, beside the progress bar, not only in the absl log: only what took effect.
+        if overrides:
+            print(f"Hyperparameters override the trainer parameters: {json.dumps(overrides)}", flush=True)
+        if model_own:
+            print(f"Hyperparameters for the trainer module's model: {json.dumps(model_own)}", flush=True)
         exec_properties = self._with_run_fn(exec_properties)
         if not is_chief():
             self._train_as_non_chief(input_dict, output_dict, exec_properties)

@@ -281,7 +281,7 @@ def parse_search_space(text: str, base: dict[str, Any]) -> SearchSpace:
     trainer parameters (name -> value, None for the default; `freeze_policy` the base policy's text).
     Raises SearchSpaceError, and only that."""
     try:
-        data = load_document(text, noun="search space", unique_keys=True)
+        data = load_document(text, noun="search space")
     except PolicyError as err:
         raise SearchSpaceError(err.key, err.reason) from None
     if not isinstance(data, dict):

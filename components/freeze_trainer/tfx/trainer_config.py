@@ -10,7 +10,10 @@ This module imports no TensorFlow, so command-line `--help` and policy checks st
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import os
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -29,6 +32,9 @@ from freeze_trainer.policy.validation import first_error
 
 CUSTOM_CONFIG_KEY = "freeze_trainer"
 CUSTOM_BACKBONE = "custom"  # any Keras model from a `.keras` file, or from a user module's `build_model`
+# A hyperparameters file is a name -> value mapping (or KerasTuner's config of one): a few kB. The cap keeps a
+# wrong path (a data file, a model) from being read whole.
+MAX_HYPERPARAMETERS_BYTES = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -63,9 +69,13 @@ class TrainerConfig(BaseModel):
     )
     epochs: PositiveInt = _parameter(10, "Epochs of a phase that sets neither `epochs` nor `steps`.")
     learning_rate: LearningRate = _parameter(1e-2, "The head's learning rate where a phase sets none.")
-    batch_size: PositiveInt = _parameter(32, "Examples per training batch (global, across replicas).")
+    # 2**16 examples: past large-batch training's largest global batches; the bound keeps a typo (1e23) from
+    # reaching the input pipeline, where it fails after the data is read.
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = _parameter(
+        32, "Examples per training batch (global, across replicas).")
     dropout: float = _parameter(0.2, "Dropout rate before the new head's classifier.")
-    seed: int = _parameter(0, "Seed of weight initialisation, shuffling and dropout.")
+    # NumPy's and TensorFlow's seeds are unsigned 32-bit: -1 crashes the trainer at its first shuffle.
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = _parameter(0, "Seed of weight initialisation, shuffling and dropout.")
     training_loop: Literal["fit", "gradient_tape"] = _parameter("fit", "Keras `fit`, or a `tf.GradientTape` loop.")
     distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = _parameter(
         "auto", "The tf.distribute strategy; `auto` picks from TF_CONFIG and the local GPUs.", per_run=False
@@ -232,6 +242,7 @@ TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
     for name, field in TrainerConfig.model_fields.items()
 )
 TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETERS)
+_COMPILE_TIME = tuple(parameter.name for parameter in TRAINER_PARAMETERS if not parameter.per_run)
 
 
 def check_literal_parameters(**values) -> None:
@@ -286,6 +297,67 @@ def model_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     `build_model(config, contract, hyperparameters)` receives (a Tuner's `num_layers`, say)."""
     return {name: value for name, value in hyperparameters.items()
             if name not in TRAINER_PARAMETER_NAMES and not name.startswith(POLICY_HYPERPARAMETER_PREFIX)}
+
+
+def read_hyperparameters_text(text: str, source: str) -> dict[str, Any]:
+    """The name -> value mapping of a hyperparameters file's text (`hyperparameter_values`); `source` names
+    the file in errors. Raises ConfigError (key `hyperparameters`) for text that is not such a mapping."""
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except ValueError as err:
+        raise ConfigError("hyperparameters", f"{source} is not JSON: {err}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("values", document), dict):
+        raise ConfigError("hyperparameters", f"{source} holds no name -> value mapping")
+    return hyperparameter_values(document)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; 1e999 reads as infinity, which would train to NaN."""
+    if not math.isfinite(value := float(text)):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def read_hyperparameters_file(path: str) -> dict[str, Any]:
+    """`read_hyperparameters_text` of a local file, refused unread when larger than MAX_HYPERPARAMETERS_BYTES."""
+    try:
+        if os.path.getsize(path) > MAX_HYPERPARAMETERS_BYTES:
+            raise ConfigError("hyperparameters", f"{path} is larger than {MAX_HYPERPARAMETERS_BYTES} bytes")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError("hyperparameters", f"{path}: {err.strerror or err}") from None
+    return read_hyperparameters_text(text, path)
+
+
+def config_with_hyperparameters(values: dict[str, Any], hyperparameters: dict[str, Any],
+                                user_model: bool = False) -> TrainerConfig:
+    """`TrainerConfig.from_parameters` of `values` with `hyperparameters` applied, each checked first: a
+    table name must be a per-run parameter (a compile-time one, `backbone` say, shapes the pipeline and
+    would be recorded without having taken effect), its value typed and bounded by the table; other names
+    are the user model's own only with `user_model` (a module whose `build_model` or `run_fn` reads them),
+    and otherwise refused with the closest name. Raises ConfigError or PolicyError naming the hyperparameter."""
+    for name in hyperparameters:
+        if name in _COMPILE_TIME:
+            raise ConfigError(f"hyperparameters.{name}", "a compile-time parameter (it shapes the pipeline); a "
+                              "hyperparameter may change only per-run parameters and policy.<path> fields")
+        if name not in TRAINER_PARAMETER_NAMES and not name.startswith(POLICY_HYPERPARAMETER_PREFIX) and not user_model:
+            close = difflib.get_close_matches(name, TRAINER_PARAMETER_NAMES, n=1, cutoff=0.6)
+            hint = f"; closest: {close[0]}" if close else (
+                "; a hyperparameter names a per-run trainer parameter or a policy field as policy.<path> (a "
+                "model's own names need a trainer module that reads them)")
+            raise ConfigError(f"hyperparameters.{name}", f"unknown hyperparameter{hint}")
+    try:
+        return TrainerConfig.from_parameters(**apply_hyperparameters(values, hyperparameters))
+    except ConfigError as err:
+        if err.key in hyperparameters:
+            raise ConfigError(f"hyperparameters.{err.key}",
+                              f"value {hyperparameters[err.key]!r}: {str(err).removeprefix(err.key + ': ')}") from None
+        raise
 
 
 def _set_path(document: Any, path: str, value: Any) -> None:
