@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 from google.protobuf import json_format
@@ -87,3 +90,25 @@ def test_an_unknown_key_is_refused_before_any_component_runs(tmp_path):
     assert "hyperparameters.policy.batchnrom: unknown hyperparameter; closest: policy.batchnorm" in result.stderr
     assert "Traceback" not in result.stderr
     assert not output_dir.exists()  # no data written, no pipeline started
+
+
+def test_a_killed_search_resumes_its_finished_trials(tmp_path):
+    """Killed after two trials, a rerun on the same folder runs only the other two (KerasTuner's oracle
+    state under `<output-dir>/search`); its first trial trains the head again (the shared state is held
+    in memory by one search), the next one reuses it."""
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text(SPACE)
+    args = _search_args(str(tmp_path / "run"), str(space_path))
+    runner = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "local_runner.py"), *args], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in runner.stdout:
+            if line.startswith("trial 2/4: "):
+                break
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    result = run_local_runner(*args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    trials = TRIAL_LINE.findall(result.stdout)
+    assert [(number, reused) for number, *_, reused in trials] == [("3", "nothing"), ("4", "head")]
