@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import partial
 from typing import Any
 
 import keras_tuner as kt
@@ -56,6 +57,10 @@ def _scalar_kind(values: list[Any]) -> type | None:
     return None
 
 
+def _choice_value(value: Any, kind: type | None) -> Any:
+    return json.dumps(value, sort_keys=True) if kind is None else kind(value)
+
+
 def declare_hyperparameters(space: SearchSpace) -> tuple[kt.HyperParameters, set[str]]:
     """The space as KerasTuner's hyperparameters, and the names whose values go as JSON text."""
     hp, encoded = kt.HyperParameters(), set()
@@ -70,9 +75,32 @@ def declare_hyperparameters(space: SearchSpace) -> tuple[kt.HyperParameters, set
         kind = _scalar_kind(values)
         if kind is None:
             encoded.add(name)
-        choices = [json.dumps(value, sort_keys=True) if kind is None else kind(value) for value in values]
-        hp.Choice(name, list(dict.fromkeys(choices)), ordered=False)
+        hp.Choice(name, list(dict.fromkeys(_choice_value(value, kind) for value in values)), ordered=False)
     return hp, encoded
+
+
+def grid_values(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every combination of a grid as the oracle holds it (selectors as JSON text)."""
+    kinds = {name: _scalar_kind(values) for name, values in space.hyperparameters.items()}
+    return [{name: _choice_value(value, kinds[name]) for name, value in values.items()}
+            for values in space.combinations()]
+
+
+class FullGridOracle(kt.Oracle):
+    """Every combination once, in the space's order. What it tried it reads from its trials, so a reloaded
+    search goes on where it stopped (KerasTuner's GridSearchOracle keeps its order only in memory and
+    fails on reload)."""
+
+    def __init__(self, combinations: list[dict[str, Any]], **kwargs):
+        super().__init__(**kwargs)
+        self.combinations = combinations
+
+    def populate_space(self, trial_id):
+        tried = [trial.hyperparameters.values for trial in self.trials.values()]
+        untried = [values for values in self.combinations if values not in tried]
+        if untried:
+            return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": untried[0]}
+        return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
 
 
 def objective_for(space: SearchSpace, task: str) -> kt.Objective:
@@ -95,9 +123,9 @@ class FreezeAwareTuner(kt.engine.base_tuner.BaseTuner):
     """KerasTuner's search loop over SearchTrials: no Keras 3 model is involved (the project trains tf-keras
     models), so `run_trial` trains and returns the metrics."""
 
-    def __init__(self, oracle, trials: SearchTrials, encoded: set[str], total: int, **kwargs):
+    def __init__(self, oracle, trials: SearchTrials, names: set[str], encoded: set[str], total: int, **kwargs):
         super().__init__(oracle, **kwargs)
-        self.trials, self.encoded, self.total = trials, encoded, total
+        self.trials, self.names, self.encoded, self.total = trials, names, encoded, total
         self.records_path = os.path.join(self.project_dir, TRIALS_FILE)
         self.records = self._read_records()
 
@@ -108,10 +136,12 @@ class FreezeAwareTuner(kt.engine.base_tuner.BaseTuner):
         return []
 
     def decoded(self, values: dict[str, Any]) -> dict[str, Any]:
-        return {name: json.loads(value) if name in self.encoded else value for name, value in values.items()}
+        """The space's values (selectors decoded), without the oracle's own entries (Hyperband's `tuner/...`)."""
+        return {name: json.loads(value) if name in self.encoded else value for name, value in values.items()
+                if name in self.names}
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
-        number = len(self.records) + 1
+        number = int(trial.trial_id) + 1  # a trial resumed after a kill keeps its id
         values = self.decoded(trial.hyperparameters.values)
         try:
             result = self.trials.run(number, values)
@@ -119,6 +149,7 @@ class FreezeAwareTuner(kt.engine.base_tuner.BaseTuner):
             raise kt.errors.FatalError(f"trial {number}: {type(err).__name__}: {err}") from err
         objective = self.oracle.objective.name
         print(trial_line(number, self.total, values, objective, result), flush=True)
+        self.records = [record for record in self.records if record["trial"] != number]
         self.records.append({"trial": number, "trial_id": trial.trial_id, "values": values,
                              "objective": {objective: result.metrics.get(objective)}, "metrics": result.metrics,
                              "seconds": round(result.seconds, 2), "reused": list(result.reused),
@@ -174,7 +205,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     task = TrainerConfig.from_parameters(**base).task
     # A random search that runs every combination of a grid runs each once, in order.
     full_grid = space.algorithm == "random" and space.is_grid and space.trial_count == space.combination_count
-    oracle_class = kt.oracles.GridSearchOracle if full_grid else _ORACLES[space.algorithm]
+    oracle_class = partial(FullGridOracle, grid_values(space)) if full_grid else _ORACLES[space.algorithm]
     limit = {"max_epochs": 1} if space.algorithm == "hyperband" else {"max_trials": space.trial_count}
     oracle = oracle_class(objective=objective_for(space, task), hyperparameters=hp, allow_new_entries=False,
                           tune_new_entries=False, seed=TrainerConfig.from_parameters(**base).seed, **limit)
@@ -182,7 +213,7 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     search_dir = (fn_args.custom_config or {}).get(SEARCH_DIR_KEY) or fn_args.working_dir
     # The oracle's state is the search's: another space or other parameters search afresh.
     digest = hashlib.sha256(json.dumps([space.model_dump(mode="json"), base], sort_keys=True).encode()).hexdigest()
-    tuner = FreezeAwareTuner(oracle, trials, encoded, space.trial_count, directory=search_dir,
+    tuner = FreezeAwareTuner(oracle, trials, set(space.hyperparameters), encoded, space.trial_count, directory=search_dir,
                              project_name=f"search_{digest[:16]}")
     # verbose 0: the oracle's own progress lines give way to one line per trial.
     return TunerFnResult(tuner=tuner, fit_kwargs={"verbose": 0})
