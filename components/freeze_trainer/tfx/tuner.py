@@ -31,7 +31,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.components.tuner.component import TunerFnResult
 
 from freeze_trainer.tfx.search_space import (
-    DEFAULT_OBJECTIVES, Range, SearchSpace, SearchSpaceError, format_values, parse_search_space,
+    DEFAULT_OBJECTIVES, Objective, Range, SearchSpace, SearchSpaceError, format_values, parse_search_space,
 )
 from freeze_trainer.tfx.search_trials import SearchTrials, TrialResult
 from freeze_trainer.tfx.trainer_config import TrainerConfig
@@ -104,10 +104,8 @@ class FullGridOracle(kt.Oracle):
 
 
 def objective_for(space: SearchSpace, task: str) -> kt.Objective:
-    goal = space.goal
-    if goal is None:
-        name = DEFAULT_OBJECTIVES.get(task, DEFAULT_OBJECTIVES["multiclass"])
-        return kt.Objective(name, "min" if name.removeprefix("val_") in ("loss", "mse") else "max")
+    """The space's objective; without one, the task's validation metric (an `auto` task's: multiclass)."""
+    goal = space.goal or Objective(name=DEFAULT_OBJECTIVES.get(task, DEFAULT_OBJECTIVES["multiclass"]))
     return kt.Objective(goal.name, goal.resolved_direction)
 
 
@@ -202,13 +200,13 @@ def tuner_fn(fn_args: FnArgs) -> TunerFnResult:
     # The Tuner's fn_args name the Transform output only by its current name; the trainer's helpers read both.
     fn_args.transform_output = fn_args.transform_output or fn_args.transform_graph_path
     hp, encoded = declare_hyperparameters(space)
-    task = TrainerConfig.from_parameters(**base).task
+    config = TrainerConfig.from_parameters(**base)
     # A random search that runs every combination of a grid runs each once, in order.
     full_grid = space.algorithm == "random" and space.is_grid and space.trial_count == space.combination_count
     oracle_class = partial(FullGridOracle, grid_values(space)) if full_grid else _ORACLES[space.algorithm]
     limit = {"max_epochs": 1} if space.algorithm == "hyperband" else {"max_trials": space.trial_count}
-    oracle = oracle_class(objective=objective_for(space, task), hyperparameters=hp, allow_new_entries=False,
-                          tune_new_entries=False, seed=TrainerConfig.from_parameters(**base).seed, **limit)
+    oracle = oracle_class(objective=objective_for(space, config.task), hyperparameters=hp, allow_new_entries=False,
+                          tune_new_entries=False, seed=config.seed, **limit)
     trials = SearchTrials(fn_args, base, os.path.join(fn_args.working_dir, "scratch"))
     search_dir = (fn_args.custom_config or {}).get(SEARCH_DIR_KEY) or fn_args.working_dir
     # The oracle's state is the search's: another space or other parameters search afresh.
