@@ -7,12 +7,14 @@ values become the Tuner's best_hyperparameters, which FreezeTrainer applies and 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from google.protobuf import json_format
@@ -101,10 +103,16 @@ def test_a_killed_search_resumes_its_finished_trials(tmp_path):
     args = _search_args(str(tmp_path / "run"), str(space_path))
     runner = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "local_runner.py"), *args], cwd=REPO_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    # Killed once the oracle holds trial 2 as finished (it records a trial after the trial's line), during trial 3.
+    finished = os.path.join(str(tmp_path / "run"), "search", "*", "search_*", "trial_1", "trial.json")
     try:
         for line in runner.stdout:
             if line.startswith("trial 2/4: "):
                 break
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                '"COMPLETED"' in open(path).read() for path in glob.glob(finished)):
+            time.sleep(0.2)
     finally:
         os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
