@@ -188,6 +188,10 @@ def check_data(config: TrainerConfig, data_root: str | None, sample: int | None,
               help="A module file with a run_fn, or a build_model(config, contract) hook.")
 @click.option("--hyperparameters", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A KerasTuner best-hyperparameters JSON file; the values it names override the trainer's.")
+@click.option("--search", "search", default=None, metavar="SPACE",
+              help="A policy search space (YAML/JSON file): TFX's Tuner searches it before the trainer, which"
+                   " trains with the best values. See `freeze-policy search`.")
+@click.option("--max-trials", type=click.IntRange(min=1), default=None, help="With --search: at most N trials.")
 @click.option("--data-root", default=None, help="Folder of TFRecord tf.Examples; default: the embedded digits 5-9.")
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Use only the first N embedded examples (tests, smoke runs).")
 @click.option("--beam-arg", "beam_args", multiple=True,
@@ -199,11 +203,29 @@ def main(verbose, **options):
         run_pipeline(log, **options)
 
 
+def validated_search(value: str, max_trials: int | None, image_size: int, parameters: dict) -> str:
+    """The search space's text for the Tuner, checked (keys, values, every combination planned against the
+    base) before anything runs; `max_trials` overrides the space's."""
+    from freeze_trainer.tfx.search_space import SearchSpaceError, plan_combinations, read_search_space
+
+    try:
+        space = read_search_space(value, parameters)
+        if max_trials:
+            space = space.model_copy(update={"max_trials": max_trials})
+        plan_combinations(space, parameters, (image_size, image_size, 3))
+    except (SearchSpaceError, *user_errors()) as err:
+        raise click.UsageError(str(err)) from None
+    return json.dumps(space.model_dump(mode="json", exclude_none=True))
+
+
 def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module, hyperparameters, data_root, sample,
-                 beam_args, **kwargs):
+                 beam_args, search=None, max_trials=None, **kwargs):
     options = PIPELINE_OPTIONS.validate(kwargs)
     parameters = pop_trainer_parameters(kwargs)
     config = validated_config(options.image_size, trainer_module, hyperparameters, **parameters)
+    # The search's base: the parameters as given, the policy as read (the option names its file).
+    search_space = validated_search(search, max_trials, options.image_size, {
+        **parameters, "freeze_policy": config.freeze_policy.canonical_json()}) if search else None
     check_data(config, data_root, sample, transform_module, trainer_module, options.image_size)
     lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
     # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
@@ -239,6 +261,10 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
         transform_module_file=transform_module and os.path.abspath(transform_module),
         trainer_module_file=trainer_module and os.path.abspath(trainer_module),
         hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, output_dir, "hyperparameters"),
+        search_space=search_space,
+        # Per data: a rerun of a killed search on the same data resumes its finished trials.
+        search_dir=os.path.join(output_dir, "search", hashlib.sha256(
+            f"{data_root}\0{sample}".encode()).hexdigest()[:16]) if search_space else None,
         metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
         trainer_custom_config=trainer_resume,
         beam_pipeline_args=list(beam_args) or None,

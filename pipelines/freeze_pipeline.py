@@ -14,7 +14,7 @@ from typing import Any
 
 import freeze_trainer  # noqa: F401, I001  (first: sets TF_USE_LEGACY_KERAS before TFX imports TensorFlow)
 import tensorflow_model_analysis as tfma
-from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform
+from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform, Tuner
 from tfx.dsl.components.common.importer import Importer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -96,6 +96,23 @@ def _fixed(trainer_parameters: dict[str, Any], name: str) -> Any:
     return TrainerConfig.model_fields[name].default if value is None else value
 
 
+def _policy_search(search_space: str, search_dir: str | None, transform, schema_gen, trainer_parameters: dict[str, Any],
+                   options: PipelineOptions) -> Tuner:
+    """TFX's Tuner running the freeze-aware policy search (freeze_trainer.tfx.tuner) on the trainer's data."""
+    from freeze_trainer.tfx.tuner import SEARCH_DIR_KEY, SEARCH_SPACE_KEY, TRAINER_PARAMETERS_KEY
+
+    return Tuner(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        tuner_fn="freeze_trainer.tfx.tuner.tuner_fn",
+        custom_config={SEARCH_SPACE_KEY: search_space, TRAINER_PARAMETERS_KEY: trainer_parameters,
+                       **({SEARCH_DIR_KEY: search_dir} if search_dir else {})},
+        train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,
+        eval_args=trainer_pb2.EvalArgs(num_steps=options.eval_steps) if options.eval_steps else None,
+    )
+
+
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
@@ -110,6 +127,8 @@ def create_pipeline(
     transform_module_file: str | None = None,
     trainer_module_file: str | None = None,
     hyperparameters_uri: str | None = None,
+    search_space: str | None = None,
+    search_dir: str | None = None,
     **trainer_parameters: Any,
 ) -> pipeline.Pipeline:
     """`options` are the pipeline's own parameters (image size, train/eval steps, the Evaluator's gate,
@@ -120,7 +139,10 @@ def create_pipeline(
     `preprocessing_fn` (default: the bundled image one, which reads the `feature_key` and `label_key`
     parameters); `trainer_module_file` a `run_fn` or a `build_model` hook. `hyperparameters_uri`, a folder
     holding one KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is
-    imported and overrides the trainer parameters it names."""
+    imported and overrides the trainer parameters it names. `search_space`, a policy search's YAML or JSON
+    text (tfx/search_space.py), adds TFX's Tuner with the freeze-aware `tuner_fn` before the trainer, whose
+    `hyperparameters` become the Tuner's `best_hyperparameters` (it replaces `hyperparameters_uri`); the
+    search's state goes to `search_dir` (default: the Tuner's scratch folder), where a rerun resumes it."""
     task, feature_key, label_key = (_fixed(trainer_parameters, name) for name in ("task", "feature_key", "label_key"))
     transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or f"{label_key}_xf"
     example_gen = ImportExampleGen(input_base=data_root)
@@ -147,14 +169,17 @@ def create_pipeline(
     ).with_id("latest_blessed_model_resolver")
     hyperparameters = Importer(
         source_uri=hyperparameters_uri, artifact_type=standard_artifacts.HyperParameters
-    ).with_id("hyperparameters_importer") if hyperparameters_uri else None
+    ).with_id("hyperparameters_importer") if hyperparameters_uri and not search_space else None
+    tuner = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
+        if search_space else None
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
         base_model=model_resolver.outputs["model"] if options.retrain else None,
-        hyperparameters=hyperparameters.outputs["result"] if hyperparameters else None,
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else
+        hyperparameters.outputs["result"] if hyperparameters else None,
         custom_config=trainer_custom_config,
         module_file=trainer_module_file,
         train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,
@@ -178,7 +203,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, transform, *([hyperparameters] if hyperparameters else []),
-                    trainer, model_resolver, evaluator, pusher],
+                    *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),  # none: Beam's defaults, FAST_LOCAL_BEAM_ARGS

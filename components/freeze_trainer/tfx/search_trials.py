@@ -1,0 +1,128 @@
+"""The trials of a policy search: the trainer's own training for each trial's values, sharing work.
+
+Each trial trains as FreezeTrainer would with the trial's values applied (`trial_config`, as a
+`hyperparameters` artifact applies them): the model the parameters describe, the policy's plan, either
+loop, the freeze proof of every phase. What trials share: the examples' schema and files, one
+FeatureCache (its key covers the frozen extractor's weights, so every trial that trains on the same
+frozen base reads the features computed once), and the first phase's result (keras/shared_phases.py):
+a trial whose first phase resolves as an earlier one's did starts at its second phase from that state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from freeze_trainer.keras.distribution import choose_strategy
+from freeze_trainer.keras.example_feed import ExampleFeed
+from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
+from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.shared_phases import (
+    PhaseState, RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
+)
+from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.tfx.run_fn import _labeled_examples, data_contract, examples_schema
+from freeze_trainer.tfx.search_space import trial_config
+from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.trainer_model import bind_inputs, build_from_config
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    metrics: dict[str, float]  # the last epoch's, training and validation
+    seconds: float
+    reused: tuple[str, ...]  # the phases started from an earlier trial's state, by name
+    trained_phases: tuple[str, ...]  # the phases this trial trained itself
+
+
+def phase_name(plan: PhasePlan, index: int) -> str:
+    return plan.phase.name or f"phase {index + 1}"
+
+
+class SearchTrials:
+    """Runs trials on the data of `fn_args` (TFX's Tuner's) with the trainer parameters `base` (name ->
+    value, None for the default); scratch files go under `working_dir`."""
+
+    def __init__(self, fn_args: FnArgs, base: dict[str, Any], working_dir: str):
+        self.fn_args, self.base, self.working_dir = fn_args, base, working_dir
+        self.tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
+        self.schema = examples_schema(fn_args, self.tft_output)
+        sources = [*([fn_args.transform_output] if fn_args.transform_output else []), *fn_args.train_files,
+                   *fn_args.eval_files]
+        self.data_fingerprint = files_fingerprint(sources)
+        base_config = TrainerConfig.from_parameters(**base)
+        self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"),
+                                          memory_budget_bytes=base_config.feature_cache_memory_mb << 20)
+        self.first_phases: dict[str, PhaseState] = {}  # phase_key -> the state after that first phase
+
+    def close(self) -> None:
+        self.feature_cache.close()
+
+    def _examples(self, config: TrainerConfig, contract) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        prepare = contract.task.prepare_labels
+
+        def examples(files: list[str]) -> tf.data.Dataset:
+            return _labeled_examples(self.fn_args, files, self.schema, contract.inputs, contract.label_key).map(
+                lambda x, y: (x, prepare(y[None])[0]))
+
+        evaluation = examples(self.fn_args.eval_files)
+        if self.fn_args.eval_steps:
+            evaluation = evaluation.take(self.fn_args.eval_steps * config.batch_size)
+        return examples(self.fn_args.train_files), evaluation
+
+    def _context(self, config: TrainerConfig, steps_per_epoch: int | None) -> str:
+        """What the first phase's result depends on besides its plan: every parameter but the policy's
+        later phases (its global fields and first phase stay), the data and the steps per epoch."""
+        policy = config.freeze_policy.model_dump(mode="json", exclude_none=True)
+        policy["phases"] = policy["phases"][:1]
+        parameters = config.model_dump(mode="json", exclude={"freeze_policy"})
+        return json.dumps([parameters, policy, self.data_fingerprint, steps_per_epoch], sort_keys=True, default=str)
+
+    def run(self, number: int, values: dict[str, Any]) -> TrialResult:
+        """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
+        started = time.perf_counter()
+        config = trial_config(self.base, values)
+        tf.keras.backend.clear_session()
+        tf.keras.utils.set_random_seed(config.seed)
+        contract = data_contract(self.fn_args, config, self.tft_output, self.schema)
+        strategy = choose_strategy(config.distribution)
+        with strategy.scope():
+            model = build_from_config(config, contract)
+            contract = bind_inputs(config, contract, model, from_module=False)
+            plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
+            optimizer = build_phase_optimizer(model, plans)
+        train, evaluation = self._examples(config, contract)
+        cache = self.feature_cache if config.feature_cache == "auto" else None
+        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, cache)
+        total_epochs = sum(plan.epochs or 0 for plan in plans)
+        train_steps = self.fn_args.train_steps
+        steps_per_epoch = math.ceil(train_steps / total_epochs) if train_steps and total_epochs else None
+        key = phase_key(plans, self._context(config, steps_per_epoch)) if can_share_first_phase(plans) else None
+        checkpoint_dir, record, reused = None, None, ()
+        if key in self.first_phases:
+            checkpoint_dir = os.path.join(self.working_dir, f"trial_{number}", "checkpoints")
+            write_resume_checkpoint(self.first_phases[key], model, optimizer, checkpoint_dir)
+            reused = (phase_name(plans[0], 0),)
+        elif key:
+            record = RecordFirstPhase(model, optimizer, plans[0])
+        with strategy.scope():
+            checks, metrics = train_with_proof(
+                model, plans, feed, loop=config.training_loop, strategy=strategy, task=contract.task,
+                callbacks=[record] if record else [], steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+                jit_compile=config.jit_compile, checkpoint_dir=checkpoint_dir, verbose=0,
+            )
+        if record and record.state:
+            self.first_phases[key] = replace(record.state, check=checks[0])
+        if checkpoint_dir and tf.io.gfile.exists(os.path.dirname(checkpoint_dir)):
+            tf.io.gfile.rmtree(os.path.dirname(checkpoint_dir))
+        trained = tuple(phase_name(plan, index) for index, plan in enumerate(plans) if index >= len(reused))
+        return TrialResult(metrics, time.perf_counter() - started, reused, trained)

@@ -1,0 +1,106 @@
+"""Trials sharing a first phase (keras/shared_phases.py): a trial started from another's first-phase state
+ends exactly as if it had trained that phase itself, and the key tells apart what the phase depends on."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from freeze_trainer.keras.classifier_model import build_classifier
+from freeze_trainer.keras.fit_training import train_with_fit
+from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.shared_phases import (
+    RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
+)
+from freeze_trainer.policy.freeze_policy import policy_from_dict
+from tests.model_builders import SHAPE, random_images
+
+HEAD = {"name": "head", "epochs": 2, "rules": [{"freeze": {"base": True}}]}
+
+
+def _policy(second_rules: list, head: dict = HEAD, **second) -> dict:
+    finetune = {"name": "finetune", "epochs": 2, "optimizer_state": "keep", "rules": second_rules, **second}
+    return {"version": 1, "phases": [head, finetune]}
+
+
+UNFREEZE_B = [{"freeze": {"base": True}}, {"unfreeze": {"names": ["conv_b"]}}]
+UNFREEZE_ALL = [{"unfreeze": {"base": True}}]
+
+
+def _tiny() -> tf.keras.Model:
+    """conv_a, bn, conv_b under the standard head, without dropout: every step is deterministic."""
+    backbone = tf.keras.Sequential(
+        [tf.keras.Input(SHAPE), tf.keras.layers.Conv2D(4, 3, strides=4, name="conv_a"),
+         tf.keras.layers.BatchNormalization(name="bn"), tf.keras.layers.Conv2D(2, 1, name="conv_b")],
+        name="tiny_backbone",
+    )
+    return build_classifier(backbone, "MobileNetV2", 3, bn_inference_mode=True, dropout=0.0)
+
+
+def _trial(policy: dict, state=None, checkpoint_dir=None):
+    """One trial: trains every phase, or only the later ones from `state`; returns the model, the checks,
+    the first phase's recorded state and the batches trained."""
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(0)
+    model = _tiny()
+    plans = plan_policy(policy_from_dict(policy), model, 1e-2, 1)
+    optimizer = build_phase_optimizer(model, plans)
+    record = None
+    if state is not None:
+        write_resume_checkpoint(state, model, optimizer, checkpoint_dir)
+    else:
+        record = RecordFirstPhase(model, optimizer, plans[0])
+    images, labels = random_images(16)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    batches = BatchCount()
+    checks, _ = train_with_fit(model, plans, data, data, callbacks=[batches, *([record] if record else [])],
+                               verbose=0, optimizer=optimizer, checkpoint_dir=checkpoint_dir)
+    return model, checks, record.state if record else None, batches.count
+
+
+class BatchCount(tf.keras.callbacks.Callback):
+    count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+
+@pytest.fixture(scope="module")
+def first_trial():
+    from dataclasses import replace
+
+    model, checks, state, batches = _trial(_policy(UNFREEZE_B))
+    assert batches == 8  # two phases of two epochs of two batches
+    return model, checks, replace(state, check=checks[0])
+
+
+def test_a_trial_from_the_shared_first_phase_ends_as_one_that_trained_it(first_trial, tmp_path):
+    whole_model, whole_checks, state = first_trial
+    model, checks, _, batches = _trial(_policy(UNFREEZE_B), state, str(tmp_path))
+    assert batches == 4  # the second phase only
+    assert [check.as_dict() for check in checks] == [check.as_dict() for check in whole_checks]
+    for ours, whole in zip(model.variables, whole_model.variables, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), whole.numpy(), err_msg=ours.name)
+
+
+def test_a_trial_whose_later_phase_trains_more_variables_starts_from_the_same_state(first_trial, tmp_path):
+    """The optimizer of this trial covers the whole base (another checkpoint layout): the state still loads."""
+    _, whole_checks, state = first_trial
+    _, checks, _, batches = _trial(_policy(UNFREEZE_ALL), state, str(tmp_path))
+    assert batches == 4
+    assert checks[0].as_dict() == whole_checks[0].as_dict()  # carried over, not trained again
+    assert checks[1].passed and checks[1] != whole_checks[1]
+
+
+def test_the_key_covers_the_first_phase_and_not_the_later_ones():
+    model = _tiny()
+
+    def key(policy, context="data"):
+        return phase_key(plan_policy(policy_from_dict(policy), model, 1e-2, 1), context)
+
+    assert key(_policy(UNFREEZE_B)) == key(_policy(UNFREEZE_ALL, learning_rate=1e-4))
+    assert key(_policy(UNFREEZE_B)) != key(_policy(UNFREEZE_B, head={**HEAD, "epochs": 3}))
+    assert key(_policy(UNFREEZE_B)) != key(_policy(UNFREEZE_B, head={**HEAD, "learning_rate": 1e-3}))
+    assert key(_policy(UNFREEZE_B)) != key(_policy(UNFREEZE_B), context="other data")
+    restoring = _policy(UNFREEZE_B, restore_best=True)
+    assert not can_share_first_phase(plan_policy(policy_from_dict(restoring), model, 1e-2, 1))
