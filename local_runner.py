@@ -107,7 +107,8 @@ def validated_config(image_size: int, trainer_module: str | None, hyperparameter
     from freeze_trainer.tfx.trainer_model import plan_for_config
 
     try:
-        values["freeze_policy"] = read_policy_source(values["freeze_policy"])
+        if values.get("freeze_policy") is not None:  # a file or text; the option's default is the table's
+            values["freeze_policy"] = read_policy_source(values["freeze_policy"])
         config = TrainerConfig.from_parameters(**values)
         overrides = read_hyperparameters_file(hyperparameters) if hyperparameters else {}
         build_model = load_build_model(trainer_module) if trainer_module else None
