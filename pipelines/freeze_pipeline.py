@@ -128,6 +128,11 @@ def _latest_blessed_model() -> Resolver:
     ).with_id("latest_blessed_model_resolver")
 
 
+def _hyperparameters_importer(uri: str) -> Importer:
+    return Importer(source_uri=uri, artifact_type=standard_artifacts.HyperParameters).with_id(
+        "hyperparameters_importer")
+
+
 def _pusher(trainer, evaluator, serving_dir: str) -> Pusher:
     return Pusher(
         model=trainer.outputs["model"],
@@ -169,9 +174,7 @@ def create_pipeline(
     example_gen, statistics_gen, schema_gen, transform = _data_components(
         data_root, options.image_size, transform_module_file, _fixed(trainer_parameters, "feature_key"), label_key)
     model_resolver = _latest_blessed_model()
-    hyperparameters = Importer(
-        source_uri=hyperparameters_uri, artifact_type=standard_artifacts.HyperParameters
-    ).with_id("hyperparameters_importer") if hyperparameters_uri else None
+    hyperparameters = _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri else None
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
