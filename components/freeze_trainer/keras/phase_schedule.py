@@ -6,7 +6,9 @@ the run report.
 
 Epochs are numbered as Keras numbers them, from 0 across the whole run (`fit`'s `initial_epoch`, the
 history's `epoch` column); a person reads them from 1 (`ScheduledPhase.epoch_text`). A `steps` phase is
-one epoch of that many batches.
+one epoch of that many batches, and is left out when TFX's num_steps is spread over the epochs. The one
+count of its own is a `restore_best` phase's `best_epoch` (best_weights.py): a candidate within the
+phase, from 1, with 0 for the phase's start, which is a candidate too.
 """
 
 from __future__ import annotations
