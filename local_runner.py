@@ -26,13 +26,14 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import click
 
 import freeze_trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from freeze_trainer.cli.parameter_options import pop_trainer_parameters, trainer_parameter_options
 from freeze_trainer.cli.terminal import TerminalLog, echo_error, quiet_terminal, verbose_option
-from freeze_trainer.policy import PolicyError, read_policy_source
+from freeze_trainer.policy import read_policy_source
 from freeze_trainer.tfx.trainer_config import (
     ConfigError, TrainerConfig, config_with_hyperparameters, model_hyperparameters, read_hyperparameters_file,
 )
@@ -91,11 +92,10 @@ def lock_output_dir(output_dir: str) -> None:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """What a wrong parameter, policy or model raises: one line for the user, no traceback."""
-    from freeze_trainer.keras.backbones import BackboneError
-    from freeze_trainer.keras.classifier_model import HeadError
+    """`USER_ERRORS`, imported when needed: it imports TensorFlow."""
+    from freeze_trainer.tfx.trainer_model import USER_ERRORS
 
-    return PolicyError, ConfigError, BackboneError, HeadError
+    return USER_ERRORS
 
 
 def validated_config(image_size: int, trainer_module: str | None, hyperparameters: str | None,
@@ -219,6 +219,36 @@ def validated_search(value: str, max_trials: int | None, image_size: int, parame
     return json.dumps(space.model_dump(mode="json", exclude_none=True))
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run under `--output-dir` keeps everything, computed once."""
+
+    output_dir: str  # absolute
+
+    @classmethod
+    def under(cls, output_dir: str) -> RunPaths:
+        return cls(os.path.abspath(output_dir))
+
+    @property
+    def metadata(self) -> str:
+        return os.path.join(self.output_dir, "metadata.sqlite")
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "pipeline_root")
+
+    @property
+    def serving(self) -> str:
+        return os.path.join(self.output_dir, "serving")
+
+    @property
+    def digits(self) -> str:
+        return os.path.join(self.output_dir, "data", "digits_5to9")
+
+    def log(self, started_utc: str) -> str:
+        return os.path.join(self.output_dir, "logs", f"{started_utc}.log")
+
+
 def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module, hyperparameters, data_root, sample,
                  beam_args, search=None, max_trials=None, **kwargs):
     options = PIPELINE_OPTIONS.validate(kwargs)
@@ -228,45 +258,49 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
     search_space = validated_search(search, max_trials, options.image_size, {
         **parameters, "freeze_policy": config.freeze_policy.canonical_json()}) if search else None
     check_data(config, data_root, sample, transform_module, trainer_module, options.image_size)
-    lock_output_dir(os.path.abspath(output_dir))  # before anything is written there or TFX is imported
+    paths = RunPaths.under(output_dir)
+    lock_output_dir(paths.output_dir)  # before anything is written there or TFX is imported
     # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
-    started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    log.move_to(os.path.join(os.path.abspath(output_dir), "logs", f"{started_utc}.log"))
+    log.move_to(paths.log(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")))
+    wall = _run_local_pipeline(paths, options, config, transform_module, trainer_module, hyperparameters,
+                               data_root, sample, beam_args, search_space)
+    _print_summary(paths, options, config, log, wall)
 
+
+def _run_local_pipeline(paths: RunPaths, options, config, transform_module, trainer_module, hyperparameters,
+                        data_root, sample, beam_args, search_space: str | None) -> float:
+    """Runs the pipeline with LocalDagRunner; returns its wall time in seconds."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     from pipelines.crash_resume import resume_interrupted_training, run_fingerprint
     from pipelines.digits_data import write_digits_examples
     from pipelines.freeze_pipeline import create_pipeline
-    from pipelines.run_summary import summarize_latest_run
 
-    output_dir = os.path.abspath(output_dir)
     # A run killed mid-training left its executions RUNNING: they become CANCELED, and this run's trainer
     # continues the killed one's training when the runs are the same (pipelines/crash_resume.py).
     trainer_resume = resume_interrupted_training(
-        os.path.join(output_dir, "metadata.sqlite"), PIPELINE_NAME, os.path.join(output_dir, "pipeline_root"),
+        paths.metadata, PIPELINE_NAME, paths.pipeline_root,
         run_fingerprint(config.parameter_values(), data_root or f"digits 5-9, sample {sample}",
                         [transform_module, trainer_module, hyperparameters, config.backbone_weights],
                         image_size=options.image_size, train_steps=options.train_steps,
                         eval_steps=options.eval_steps, retrain=options.retrain))
-    data_root = data_root or write_digits_examples(os.path.join(output_dir, "data", "digits_5to9"), limit=sample)
-    metadata_path = os.path.join(output_dir, "metadata.sqlite")
     pipeline = create_pipeline(
         pipeline_name=PIPELINE_NAME,
-        pipeline_root=os.path.join(output_dir, "pipeline_root"),
-        data_root=data_root,
-        serving_dir=os.path.join(output_dir, "serving"),
+        pipeline_root=paths.pipeline_root,
+        data_root=data_root or write_digits_examples(paths.digits, limit=sample),
+        serving_dir=paths.serving,
         options=options,
         **config.parameter_values(),
         transform_module_file=transform_module and os.path.abspath(transform_module),
         trainer_module_file=trainer_module and os.path.abspath(trainer_module),
-        hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, output_dir, "hyperparameters"),
+        hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, paths.output_dir,
+                                                                     "hyperparameters"),
         search_space=search_space,
         # Per data: a rerun of a killed search on the same data resumes its finished trials.
-        search_dir=os.path.join(output_dir, "search", hashlib.sha256(
+        search_dir=os.path.join(paths.output_dir, "search", hashlib.sha256(
             f"{data_root}\0{sample}".encode()).hexdigest()[:16]) if search_space else None,
-        metadata_connection_config=sqlite_metadata_connection_config(metadata_path),
+        metadata_connection_config=sqlite_metadata_connection_config(paths.metadata),
         trainer_custom_config=trainer_resume,
         beam_pipeline_args=list(beam_args) or None,
     )
@@ -275,9 +309,14 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
         LocalDagRunner().run(pipeline)
     except user_errors() as err:  # found once the data is read
         raise click.ClickException(str(err)) from None
-    wall = time.monotonic() - started
+    return time.monotonic() - started
 
-    summary = summarize_latest_run(metadata_path, PIPELINE_NAME)
+
+def _print_summary(paths: RunPaths, options, config, log: TerminalLog, wall: float) -> None:
+    """The run's summary; exits non-zero when a first run's model was not pushed."""
+    from pipelines.run_summary import summarize_latest_run
+
+    summary = summarize_latest_run(paths.metadata, PIPELINE_NAME)
     click.echo("\n".join(summary.lines(per_component=False)))  # each component's seconds printed as it ended
     click.echo(f"  pipeline wall time               {wall:7.1f} s")
     report = transfer_report_path(config.backbone_weights)
@@ -295,7 +334,6 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
             click.echo("  retraining: the candidate was not blessed and was not pushed")
             return
         sys.exit("the model was not pushed")
-
 
 if __name__ == "__main__":
     main()

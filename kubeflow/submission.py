@@ -145,9 +145,7 @@ def _uses_user_code(spec: dict) -> bool:
 def plan_compiled(config: TrainerConfig, image_size: int | None, path: str) -> str | None:
     """Plans `config`'s policy on the compiled model; raises Refused naming a bad value. Returns a warning
     when the model cannot be built here (and so is not planned), else None."""
-    from freeze_trainer.keras.backbones import BackboneError
-    from freeze_trainer.keras.classifier_model import HeadError
-    from freeze_trainer.tfx.trainer_model import plan_for_config
+    from freeze_trainer.tfx.trainer_model import USER_ERRORS, plan_for_config
 
     weights = config.backbone_weights
     if weights.lower() not in ("imagenet", "none") and not os.path.exists(weights):  # a URI: not read here
@@ -160,7 +158,7 @@ def plan_compiled(config: TrainerConfig, image_size: int | None, path: str) -> s
         raise Refused(f"{path}: its {TRANSFORM_NODE_ID} task sets no image_size to plan the policy at")
     try:
         plan_for_config(config, (image_size, image_size, 3) if image_size else None)
-    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
+    except USER_ERRORS as err:
         raise Refused(str(err)) from None
     return None
 

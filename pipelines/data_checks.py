@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import dataclass, field
 
 import click
 import tensorflow as tf
@@ -123,89 +124,112 @@ def _raw_feature_spec(seen: dict[str, tuple[str, set[int], int]], records: int) 
             else tf.io.VarLenFeature(dtypes[kind]) for name, (kind, counts, present) in seen.items()}
 
 
+@dataclass
+class _RecordChecks:
+    """What every record must hold, and what the records read so far held."""
+
+    config: TrainerConfig
+    bundled_transform: bool
+    required: dict[str, str]  # key -> the parameter that names it
+    label_key: str | None
+    class_indices: bool
+    binary_indices: bool
+    labels: set[tuple] = field(default_factory=set)
+    label_kind: str | None = None
+    seen: dict[str, tuple[str, set[int], int]] = field(default_factory=dict)  # feature -> kind, counts, examples
+
+    @classmethod
+    def of(cls, config: TrainerConfig, bundled_transform: bool) -> _RecordChecks:
+        required = {}
+        if bundled_transform:
+            required[config.feature_key] = "feature_key (--image-key)"
+        if bundled_transform or not config.transformed_label_key:  # else the user's Transform makes its own label
+            required.setdefault(config.label_key, "label_key")
+        return cls(config, bundled_transform, required, config.label_key if config.label_key in required else None,
+                   not bundled_transform and not config.label_vocabulary and config.task != "regression",
+                   config.task in ("binary", "multi_label"))
+
+    def record(self, path: str, index: int, record: bytes) -> bytes | None:
+        """Checks one record; returns its encoded image under the bundled Transform."""
+        try:
+            example = tf.train.Example.FromString(record)
+        except DecodeError:
+            raise DataRootError(path, f"record {index} is not a serialized tf.Example") from None
+        features = example.features.feature
+        for key, feature in features.items():
+            kind, values = _values(feature)
+            if kind:
+                _, counts, present = self.seen.get(key, (kind, set(), 0))
+                self.seen[key] = (kind, counts | {len(values)}, present + 1)
+        for key, parameter in self.required.items():
+            if key not in features:
+                raise DataRootError(path, f"record {index} has no feature {key!r} (the {parameter} parameter); "
+                                          f"its features are: {', '.join(sorted(features)) or 'none'}")
+        image = None
+        if self.bundled_transform:
+            feature_key = self.config.feature_key
+            kind, values = _values(features[feature_key])
+            if kind != "bytes_list" or len(values) != 1:
+                raise DataRootError(path, f"record {index}: feature {feature_key!r} holds {len(values)} "
+                                          f"{kind or 'empty'} value(s); the bundled image Transform takes one "
+                                          f"encoded image ({IMAGE_FORMATS}) an example")
+            image = values[0]
+        if self.label_key is not None:
+            self._label(path, index, *_values(features[self.label_key]))
+        return image
+
+    def _label(self, path: str, index: int, kind: str | None, values) -> None:
+        label_key = self.label_key
+        if not values or self.bundled_transform and len(values) != 1:
+            raise DataRootError(path, f"record {index}: label {label_key!r} holds {len(values)} values; "
+                                      + ("the bundled image Transform takes one an example" if values else
+                                         "every example needs its label"))
+        if problem := _label_value_problem(kind, values):
+            raise DataRootError(path, f"record {index}: label {label_key!r} is {problem}")
+        self.label_kind = self.label_kind or kind
+        if kind != self.label_kind:
+            raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a "
+                                      f"{self.label_kind}")
+        if self.class_indices and kind == "int64_list":
+            bad = [value for value in values if value < 0 or self.binary_indices and value > 1]
+            if bad:
+                expected = "0 or 1" if self.binary_indices else "class indices 0, 1, ... (not negative)"
+                raise DataRootError(path, f"record {index}: label {label_key!r} is {bad[0]}; with a Transform "
+                                          "module of your own and no label_vocabulary, integer labels are "
+                                          f"{expected}")
+        self.labels.add(tuple(values))
+
+
 def check_data_root(data_root: str, config: TrainerConfig, bundled_transform: bool,
                     max_records: int = MAX_RECORDS) -> dict:
     """Raises DataRootError (a click.UsageError) naming the file and the problem; see the module doc.
     `bundled_transform`: the pipeline runs the bundled image Transform (no `--transform-module`). Returns
     the raw feature spec of the records read."""
     files = _listed_files(data_root)
-    required = {}  # key -> the parameter that names it
-    if bundled_transform:
-        required[config.feature_key] = "feature_key (--image-key)"
-    if bundled_transform or not config.transformed_label_key:  # else the user's Transform makes its own label
-        required.setdefault(config.label_key, "label_key")
-    label_key = config.label_key if config.label_key in required else None
-    class_indices = (not bundled_transform and not config.label_vocabulary and config.task != "regression")
-    binary_indices = config.task in ("binary", "multi_label")
-
+    checks = _RecordChecks.of(config, bundled_transform)
     readable = [path for path in files if not path.lower().endswith(OTHER_COMPRESSED_SUFFIXES)]
     per_file = max(1, max_records // max(1, len(readable)))
-    labels: set[tuple] = set()
-    label_kind: str | None = None
     decoded = 0
     sampled: list[tuple[str, int]] = []  # (file, records read) of each file
-    seen: dict[str, tuple[str, set[int], int]] = {}  # feature -> its kind, value counts, examples holding it
     for path in readable:
         if not path.lower().endswith(GZIP_SUFFIXES):
             if problem := _framing_error(path):
                 raise DataRootError(path, problem)
         records = _read_records(path, per_file)
         sampled.append((path, len(records)))
-        images: list[tuple[str, int, bytes]] = []
-        for index, record in enumerate(records):
-            try:
-                example = tf.train.Example.FromString(record)
-            except DecodeError:
-                raise DataRootError(path, f"record {index} is not a serialized tf.Example") from None
-            features = example.features.feature
-            for key, feature in features.items():
-                kind, values = _values(feature)
-                if kind:
-                    _, counts, present = seen.get(key, (kind, set(), 0))
-                    seen[key] = (kind, counts | {len(values)}, present + 1)
-            for key, parameter in required.items():
-                if key not in features:
-                    raise DataRootError(path, f"record {index} has no feature {key!r} (the {parameter} parameter); "
-                                              f"its features are: {', '.join(sorted(features)) or 'none'}")
-            if bundled_transform:
-                kind, values = _values(features[config.feature_key])
-                if kind != "bytes_list" or len(values) != 1:
-                    raise DataRootError(path, f"record {index}: feature {config.feature_key!r} holds {len(values)} "
-                                              f"{kind or 'empty'} value(s); the bundled image Transform takes one "
-                                              f"encoded image ({IMAGE_FORMATS}) an example")
-                images.append((path, index, values[0]))
-            if label_key is None:
-                continue
-            kind, values = _values(features[label_key])
-            if not values or bundled_transform and len(values) != 1:
-                raise DataRootError(path, f"record {index}: label {label_key!r} holds {len(values)} values; "
-                                          + ("the bundled image Transform takes one an example" if values else
-                                             "every example needs its label"))
-            if problem := _label_value_problem(kind, values):
-                raise DataRootError(path, f"record {index}: label {label_key!r} is {problem}")
-            label_kind = label_kind or kind
-            if kind != label_kind:
-                raise DataRootError(path, f"record {index}: label {label_key!r} is a {kind}, earlier ones a "
-                                          f"{label_kind}")
-            if class_indices and kind == "int64_list":
-                bad = [value for value in values if value < 0 or binary_indices and value > 1]
-                if bad:
-                    expected = "0 or 1" if binary_indices else "class indices 0, 1, ... (not negative)"
-                    raise DataRootError(path, f"record {index}: label {label_key!r} is {bad[0]}; with a Transform "
-                                              "module of your own and no label_vocabulary, integer labels are "
-                                              f"{expected}")
-            labels.add(tuple(values))
+        images = [(path, index, image) for index, record in enumerate(records)
+                  if (image := checks.record(path, index, record)) is not None]
         _check_image_sizes(images, config.feature_key)  # from the headers, before any image is decoded
         for path, index, data in images[:max(0, MAX_DECODED_IMAGES - decoded)]:
             _check_decodes(path, index, config.feature_key, data)
         decoded += len(images)
     if not any(count for _, count in sampled) and sampled:
         raise DataRootError(data_root, "its files hold no examples")
-    if label_key is not None and label_kind is not None:
-        check_labels_fit_task(config, bundled_transform, label_kind, labels, data_root)
-        if len(labels) < 2:
-            _check_two_labels(data_root, sampled, label_key, label_kind, labels)
-    return _raw_feature_spec(seen, sum(count for _, count in sampled))
+    if checks.label_key is not None and checks.label_kind is not None:
+        check_labels_fit_task(config, bundled_transform, checks.label_kind, checks.labels, data_root)
+        if len(checks.labels) < 2:
+            _check_two_labels(data_root, sampled, checks.label_key, checks.label_kind, checks.labels)
+    return _raw_feature_spec(checks.seen, sum(count for _, count in sampled))
 
 
 def _label_value_problem(kind: str, values: list) -> str | None:

@@ -23,7 +23,7 @@ from tfx.proto import pusher_pb2, trainer_pb2, transform_pb2
 from tfx.types import Channel, standard_artifacts
 
 from freeze_trainer import FreezeTrainer
-from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.trainer_config import TrainerConfig, transformed_name
 from freeze_trainer.tfx.pusher import Pusher  # unique versions, atomic filesystem pushes
 from pipelines.pipeline_options import PipelineOptions
 
@@ -113,6 +113,54 @@ def _policy_search(search_space: str, search_dir: str | None, transform, schema_
     )
 
 
+def _data_components(data_root: Any, image_size: int, transform_module_file: str | None, feature_key: str,
+                     label_key: str) -> tuple:
+    """ExampleGen, StatisticsGen, SchemaGen and Transform (the user's module or the bundled image one)."""
+    example_gen = ImportExampleGen(input_base=data_root)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    transform = Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        **({"module_file": transform_module_file} if transform_module_file else {
+            "preprocessing_fn": PREPROCESSING_FN,
+            # The bundled function's only analyzer is the label vocabulary: built over both splits, a class
+            # seen only in the eval split has an index instead of crashing the trainer with label -1.
+            "splits_config": transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"]),
+        }),
+        custom_config=transform_custom_config(image_size, feature_key, label_key),
+        # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
+        # statistics would be a second and third pass over every image.
+        disable_statistics=True,
+    )
+    return example_gen, statistics_gen, schema_gen, transform
+
+
+def _latest_blessed_model() -> Resolver:
+    """The baseline the Evaluator compares against, and the model a retraining run starts from."""
+    return Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+
+def _hyperparameters_importer(uri: str) -> Importer:
+    return Importer(source_uri=uri, artifact_type=standard_artifacts.HyperParameters).with_id(
+        "hyperparameters_importer")
+
+
+def _pusher(trainer, evaluator, serving_dir: str) -> Pusher:
+    return Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        model_evaluation=evaluator.outputs["evaluation"],  # its metrics complete the run report
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)
+        ),
+    )
+
+
 def create_pipeline(
     pipeline_name: str,
     pipeline_root: str,
@@ -143,33 +191,13 @@ def create_pipeline(
     text (tfx/search_space.py), adds TFX's Tuner with the freeze-aware `tuner_fn` before the trainer, whose
     `hyperparameters` become the Tuner's `best_hyperparameters` (it replaces `hyperparameters_uri`); the
     search's state goes to `search_dir` (default: the Tuner's scratch folder), where a rerun resumes it."""
-    task, feature_key, label_key = (_fixed(trainer_parameters, name) for name in ("task", "feature_key", "label_key"))
-    transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or f"{label_key}_xf"
-    example_gen = ImportExampleGen(input_base=data_root)
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-    transform = Transform(
-        examples=example_gen.outputs["examples"],
-        schema=schema_gen.outputs["schema"],
-        **({"module_file": transform_module_file} if transform_module_file else {
-            "preprocessing_fn": PREPROCESSING_FN,
-            # The bundled function's only analyzer is the label vocabulary: built over both splits, a class
-            # seen only in the eval split has an index instead of crashing the trainer with label -1.
-            "splits_config": transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"]),
-        }),
-        custom_config=transform_custom_config(options.image_size, feature_key, label_key),
-        # StatisticsGen already describes the raw data; Transform's own pre- and post-transform
-        # statistics would be a second and third pass over every image.
-        disable_statistics=True,
-    )
-    model_resolver = Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-    hyperparameters = Importer(
-        source_uri=hyperparameters_uri, artifact_type=standard_artifacts.HyperParameters
-    ).with_id("hyperparameters_importer") if hyperparameters_uri and not search_space else None
+    task, label_key = _fixed(trainer_parameters, "task"), _fixed(trainer_parameters, "label_key")
+    transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or transformed_name(label_key)
+    example_gen, statistics_gen, schema_gen, transform = _data_components(
+        data_root, options.image_size, transform_module_file, _fixed(trainer_parameters, "feature_key"), label_key)
+    model_resolver = _latest_blessed_model()
+    hyperparameters = _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri and not search_space \
+        else None
     tuner = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
         if search_space else None
     trainer = trainer_class(
@@ -191,19 +219,12 @@ def create_pipeline(
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(task, transformed_label_key, options.accuracy_floor, options.max_accuracy_drop),
     )
-    pusher = Pusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        model_evaluation=evaluator.outputs["evaluation"],  # its metrics complete the run report
-        push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)
-        ),
-    )
     return pipeline.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, transform, *([hyperparameters] if hyperparameters else []),
-                    *([tuner] if tuner else []), trainer, model_resolver, evaluator, pusher],
+                    *([tuner] if tuner else []), trainer, model_resolver, evaluator,
+                    _pusher(trainer, evaluator, serving_dir)],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),  # none: Beam's defaults, FAST_LOCAL_BEAM_ARGS

@@ -50,11 +50,8 @@ def check_model_inputs(config: TrainerConfig, raw_feature_spec: dict, transform_
                        build_model: Callable[..., tf.keras.Model] | None, image_size: int) -> None:
     """Raises click.UsageError when the model's inputs do not find the Transform outputs they read (see the
     module doc); `raw_feature_spec` is what `check_data_root` read."""
-    from freeze_trainer.keras.backbones import BackboneError
-    from freeze_trainer.keras.classifier_model import HeadError
-    from freeze_trainer.policy import PolicyError
-    from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, ConfigError
-    from freeze_trainer.tfx.trainer_model import plan_for_config
+    from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE
+    from freeze_trainer.tfx.trainer_model import USER_ERRORS, plan_for_config
 
     from pipelines.freeze_pipeline import transform_custom_config
 
@@ -67,5 +64,5 @@ def check_model_inputs(config: TrainerConfig, raw_feature_spec: dict, transform_
     features = {name: shape for name, shape in outputs.items() if name != config.model_label_key}
     try:
         plan_for_config(config, None, build_model=build_model, features=features)
-    except (BackboneError, ConfigError, HeadError, PolicyError) as err:
+    except USER_ERRORS as err:
         raise click.UsageError(str(err)) from None

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from freeze_trainer.keras.backbones import build_backbone
-from freeze_trainer.keras.classifier_model import build_classifier
+from freeze_trainer.keras.classifier_model import build_classifier, declare_head
 
 SHAPE = (32, 32, 3)
 
@@ -37,3 +37,10 @@ def tiny_classifier(num_classes: int = 3):
         name="tiny_backbone",
     )
     return build_classifier(backbone, "MobileNetV2", num_classes, bn_inference_mode=True)
+
+
+def dense_classifier():
+    """One Dense base layer (`enc_1`) under a declared Dense head (`out`) of three classes, on 4 features."""
+    inputs = tf.keras.Input((4,))
+    x = tf.keras.layers.Dense(4, activation="relu", name="enc_1")(inputs)
+    return declare_head(tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="softmax", name="out")(x)), ["out"])

@@ -103,9 +103,10 @@ def test_the_run_report_draws_the_name_and_a_report_that_cannot_be_written_is_a_
     config = TrainerConfig.from_parameters(freeze_policy=json.dumps(MATHTEXT_POLICY))
     history = tmp_path / "history.csv"
     history.write_text("epoch,loss\n0,1.0\n1,0.5\n")
-    freeze_report = {"backbone": "tiny", "base_name": "tiny", "model_source": "keras.applications", "task": "multiclass",
-                     "backbone_weights": "none", "training_loop": "fit",
-                     "policy_sha256": "0" * 64, "freeze_check_passed": True, "phases": [], "final_metrics": {}}
+    freeze_report = {"model_source": "keras.applications", "backbone": "tiny", "base_name": "tiny",
+                     "task": "multiclass", "backbone_weights": "none",
+                     "training_loop": "fit", "policy_sha256": "0" * 64, "freeze_check_passed": True, "phases": [],
+                     "final_metrics": {}}
     data = report_data(config, mathtext_plans, freeze_report, [{"epoch": 0, "loss": 1.0}], str(tmp_path))
     assert data["plan_png"] and data["curves_png"]  # both pictures drawn
 

@@ -43,6 +43,30 @@ def test_each_layer_imports_nothing_from_the_layers_above_it(layer):
     assert not offending
 
 
+MAX_FUNCTION_LINES = 60
+# Every function of the package and of the code that runs it; nothing is exempt.
+FUNCTION_ROOTS = [PACKAGE, os.path.join(REPO_ROOT, "local_runner.py"), os.path.join(REPO_ROOT, "pipelines"),
+                  os.path.join(REPO_ROOT, "kubeflow")]
+
+
+def _python_files(root: str) -> list[str]:
+    if root.endswith(".py"):
+        return [root]
+    return sorted(os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names
+                  if name.endswith(".py"))
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for path in (path for root in FUNCTION_ROOTS for path in _python_files(root)):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        long += [f"{os.path.relpath(path, REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)"
+                 for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and (lines := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
 def test_every_parameter_reaches_the_local_runner_and_a_compiled_pipeline():
     """Per-run parameters are runtime parameters of the compiled spec and options of the local runner;
     compile-time ones are flags of the compiler and options of the local runner."""

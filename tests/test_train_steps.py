@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from freeze_trainer.keras import plan_policy, train_with_proof
-from freeze_trainer.keras.classifier_model import declare_head
 from freeze_trainer.keras.phase_runner import build_phase_optimizer, remaining_epochs
 from freeze_trainer.policy.freeze_policy import parse_policy
+from tests.model_builders import dense_classifier
 
 
 @pytest.mark.parametrize("first, end, steps, remainder", [(0, 20, 12, 10), (3, 6, 4, 3), (0, 1, 5, 2), (2, 5, 4, 0)])
@@ -34,9 +34,7 @@ def test_the_calls_from_any_position_cover_the_rest_of_the_phase_exactly(first, 
 def test_both_loops_train_exactly_the_steps_asked_for(loop):
     """23 steps over 3 + 2 epochs (4 each, the fifth 7), then a `steps` phase of its own 3."""
     tf.keras.utils.set_random_seed(0)
-    inputs = tf.keras.Input((4,))
-    x = tf.keras.layers.Dense(4, activation="relu", name="enc_1")(inputs)
-    model = declare_head(tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="softmax", name="out")(x)), ["out"])
+    model = dense_classifier()
     policy = parse_policy(json.dumps({"version": 1, "phases": [
         {"name": "head", "epochs": 3, "rules": [{"freeze": {"base": True}}]},
         {"name": "all", "epochs": 2, "rules": [{"unfreeze": {"base": True}}]},

@@ -64,13 +64,11 @@ def model_options(command, policy_argument: bool = True):
 
 
 def _plans_or_exit(**kwargs) -> tuple[list, dict[str, list[int | None]]]:
-    from freeze_trainer.keras.backbones import BackboneError
-    from freeze_trainer.keras.classifier_model import HeadError
-    from freeze_trainer.tfx.trainer_config import ConfigError
+    from freeze_trainer.tfx.trainer_model import USER_ERRORS
 
     try:
         return plan_policy_text(**kwargs)
-    except (PolicyError, ConfigError, BackboneError, HeadError) as err:
+    except USER_ERRORS as err:
         raise click.ClickException(str(err)) from None
 
 

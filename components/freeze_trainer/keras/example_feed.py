@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from freeze_trainer.keras.classifier_model import head_on_features
 from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.phase_schedule import ScheduledPhase
 
 SHUFFLE_BUFFER = 10_000  # examples, as tfx_bsl's default record shuffle
 
@@ -67,14 +67,14 @@ class BatchedFeed:
     def epoch_batches(self) -> int:
         return count_elements(self.train)
 
-    def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
+    def phase_data(self, model: tf.keras.Model, phase: ScheduledPhase) -> PhaseData:
         return PhaseData(model, lambda position: self.train.repeat().skip(position), self.eval)
 
 
 @dataclass(frozen=True)
 class ExampleFeed:
     """Unbatched, finite training and evaluation examples and how to batch them; with a FeatureCache,
-    phases whose plan `caches_features` train on cached features."""
+    phases the schedule has use the cache (`ScheduledPhase.cache`) train on cached features."""
 
     train_examples: tf.data.Dataset
     eval_examples: tf.data.Dataset
@@ -89,8 +89,8 @@ class ExampleFeed:
         every worker must run as many steps as the others."""
         return math.ceil(count_elements(self.train_examples) / self.batch_size)
 
-    def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
-        cached = self.feature_cache is not None and plan.caches_features
+    def phase_data(self, model: tf.keras.Model, phase: ScheduledPhase) -> PhaseData:
+        cached = phase.cache is not None  # the schedule caches only where the feed has a cache
         if cached:
             features = self.feature_cache.features(
                 model, {"train": self.train_examples, "eval": self.eval_examples}, self.batch_size

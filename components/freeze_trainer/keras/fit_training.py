@@ -8,13 +8,14 @@ from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.freeze_proof import FreezeCheck
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import run_phases
+from freeze_trainer.keras.phase_runner import PhaseCall, run_phases
+from freeze_trainer.keras.phase_schedule import PhaseSchedule
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 
 def train_with_fit(
     model: tf.keras.Model,
-    plans: list[PhasePlan],
+    plans: list[PhasePlan] | PhaseSchedule,
     train_data: tf.data.Dataset | ExampleFeed,
     eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
@@ -30,23 +31,22 @@ def train_with_fit(
     """Runs every phase with `fit`; returns each phase's freeze check and the last validation metrics.
     `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
 
-    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, _trainable, batches: tf.data.Dataset,
-                    evaluation: tf.data.Dataset | None, first: int, end: int, steps: int, extra: list):
+    def train_phase(call: PhaseCall) -> dict[str, float]:
         # Changing `trainable` takes effect in `fit` only after a compile; the optimizer and its
         # moments carry over.
-        phase_model.compile(
-            optimizer=phase_optimizer,
+        call.model.compile(
+            optimizer=call.optimizer,
             loss=task.loss(),
             metrics=task.metrics(),
             jit_compile=jit_compile,
         )
-        history = phase_model.fit(
-            batches,
-            validation_data=evaluation,
-            initial_epoch=first,
-            epochs=end,
-            steps_per_epoch=steps,
-            callbacks=[*callbacks, *extra],
+        history = call.model.fit(
+            call.batches,
+            validation_data=call.evaluation,
+            initial_epoch=call.first_epoch,
+            epochs=call.end_epoch,
+            steps_per_epoch=call.steps,
+            callbacks=[*callbacks, *call.callbacks],
             verbose=0,  # the phase's progress bar is one of `extra`
         )
         return {name: float(values[-1]) for name, values in history.history.items()}

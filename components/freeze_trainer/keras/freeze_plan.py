@@ -89,11 +89,6 @@ class PhasePlan:
     def caches_features(self) -> bool:
         return self.feature_cache_blocker is None
 
-    @property
-    def epoch_count(self) -> int:
-        """The epochs the phase numbers: a `steps` phase is one epoch of that many batches."""
-        return 1 if self.steps else self.epochs
-
     def state(self, layer_name: str) -> LayerState:
         return next(state for state in self.layers if state.name == layer_name)
 
@@ -285,6 +280,33 @@ def _feature_cache_blocker(states: list[LayerState], random_layers: list[str]) -
     return None
 
 
+def _layer_states(policy: FreezePolicy, layers: _Addressable, trainable: dict[str, bool], rates: dict[str, float]
+                  ) -> list[LayerState]:
+    """Each layer's state under the phase's decisions (`trainable`, `rates`: by layer name)."""
+    states = []
+    for layer in layers.every:
+        is_bn = isinstance(layer, BATCHNORM_CLASSES)
+        effective = _trains(layer, trainable, policy)
+        # Moving statistics are never trainable variables; they count as frozen parameters here.
+        moving = _count([layer.moving_mean, layer.moving_variance]) if is_bn else 0
+        weights = _count(layer.weights)
+        train_count = (weights - moving) if effective else 0
+        states.append(
+            LayerState(
+                name=layer.name,
+                class_name=type(layer).__name__,
+                group=layers.groups[layer.name],
+                auto_group=layers.auto_groups.get(layer.name),
+                trainable=effective,
+                batchnorm=(policy.batchnorm if trainable[layer.name] else "frozen") if is_bn else None,
+                learning_rate=rates[layer.name] if effective and train_count else None,
+                trainable_params=train_count,
+                frozen_params=weights - train_count,
+            )
+        )
+    return states
+
+
 def _plan_phase(
     policy: FreezePolicy,
     phase: Phase,
@@ -326,27 +348,7 @@ def _plan_phase(
             decided_by[frozen_head[0]], f"freezes the new head ({', '.join(frozen_head)}); the head always trains"
         )
 
-    states = []
-    for layer in layers.every:
-        is_bn = isinstance(layer, BATCHNORM_CLASSES)
-        effective = _trains(layer, trainable, policy)
-        # Moving statistics are never trainable variables; they count as frozen parameters here.
-        moving = _count([layer.moving_mean, layer.moving_variance]) if is_bn else 0
-        weights = _count(layer.weights)
-        train_count = (weights - moving) if effective else 0
-        states.append(
-            LayerState(
-                name=layer.name,
-                class_name=type(layer).__name__,
-                group=layers.groups[layer.name],
-                auto_group=layers.auto_groups.get(layer.name),
-                trainable=effective,
-                batchnorm=(policy.batchnorm if trainable[layer.name] else "frozen") if is_bn else None,
-                learning_rate=rates[layer.name] if effective and train_count else None,
-                trainable_params=train_count,
-                frozen_params=weights - train_count,
-            )
-        )
+    states = _layer_states(policy, layers, trainable, rates)
     epochs = None if phase.steps else (phase.epochs or default_epochs)
     return PhasePlan(
         phase=phase,
@@ -370,21 +372,6 @@ def plan_policy(
         )
         for index, phase in enumerate(policy.resolved_phases())
     ]
-
-
-def epoch_spans(plans: list[PhasePlan]) -> list[tuple[int, int]]:
-    """The epochs [first, end) of each phase, numbered across phases as both training loops number them
-    (an early stop ends a phase sooner; the next one still starts at its own first epoch).
-
-    >>> from types import SimpleNamespace as Plan
-    >>> epoch_spans([Plan(epoch_count=3), Plan(epoch_count=1), Plan(epoch_count=2)])
-    [(0, 3), (3, 4), (4, 6)]
-    """
-    spans, first = [], 0
-    for plan in plans:
-        spans.append((first, first + plan.epoch_count))
-        first += plan.epoch_count
-    return spans
 
 
 def apply_plan(model: tf.keras.Model, plan: PhasePlan) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import tensorflow as tf
@@ -170,4 +170,14 @@ def raise_on_violation(check: FreezeCheck, model: tf.keras.Model | None = None) 
     more = f" and {len(check.changed_frozen) - 5} more" if len(check.changed_frozen) > 5 else ""
     raise FreezeViolation(
         f"phase {check.phase!r}: {len(check.changed_frozen)} frozen variable(s) changed during training: {shown}{more}"
+    )
+
+
+def proven_after_restore(check: FreezeCheck, model: tf.keras.Model, plan: PhasePlan, before: Snapshot) -> FreezeCheck:
+    """`check`, proven again after a restore of the phase's best weights: the restore writes only variables
+    the phase may change, so a frozen variable it touched fails the phase as one training moved would."""
+    restored = check_phase(model, plan, before)
+    return replace(
+        check, changed_frozen=restored.changed_frozen, trainable_off_plan=restored.trainable_off_plan,
+        passed=check.passed and not restored.changed_frozen and not restored.trainable_off_plan,
     )

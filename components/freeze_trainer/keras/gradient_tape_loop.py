@@ -15,7 +15,8 @@ from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.freeze_proof import FreezeCheck
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import run_phases
+from freeze_trainer.keras.phase_runner import PhaseCall, run_phases
+from freeze_trainer.keras.phase_schedule import PhaseSchedule
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 
 
@@ -78,7 +79,7 @@ class _Steps:
 
 def train_with_gradient_tape(
     model: tf.keras.Model,
-    plans: list[PhasePlan],
+    plans: list[PhasePlan] | PhaseSchedule,
     train_data: tf.data.Dataset | ExampleFeed,
     eval_data: tf.data.Dataset | None = None,
     callbacks: list[tf.keras.callbacks.Callback] = (),
@@ -96,24 +97,24 @@ def train_with_gradient_tape(
     `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
     strategy = strategy or tf.distribute.get_strategy()
 
-    def train_phase(phase_optimizer: LayerRateAdam, phase_model: tf.keras.Model, trainable, batches: tf.data.Dataset,
-                    evaluation: tf.data.Dataset | None, first: int, end_epoch: int, per_epoch: int, extra: list):
-        step_optimizer = phase_optimizer
+    def train_phase(call: PhaseCall) -> dict[str, float]:
+        phase_model, evaluation, per_epoch = call.model, call.evaluation, call.steps
+        step_optimizer = call.optimizer
         if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
             with strategy.scope():
-                step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(phase_optimizer)
-        steps = _Steps(phase_model, trainable, step_optimizer, strategy, jit_compile, task)
-        batch_iterator = iter(strategy.experimental_distribute_dataset(batches))
+                step_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(call.optimizer)
+        steps = _Steps(phase_model, call.trainable, step_optimizer, strategy, jit_compile, task)
+        batch_iterator = iter(strategy.experimental_distribute_dataset(call.batches))
         distributed_eval = strategy.experimental_distribute_dataset(evaluation) if evaluation is not None else None
         # No ProgbarLogger: it would average the loop's running means again. The phase's bar is in `extra`.
         callback_list = tf.keras.callbacks.CallbackList(
-            [*callbacks, *extra], add_history=True, add_progbar=False, model=phase_model,
-            epochs=end_epoch, steps=per_epoch,
+            [*callbacks, *call.callbacks], add_history=True, add_progbar=False, model=phase_model,
+            epochs=call.end_epoch, steps=per_epoch,
         )
         phase_model.stop_training = False
         callback_list.on_train_begin()
         logs: dict[str, float] = {}
-        for epoch in range(first, end_epoch):
+        for epoch in range(call.first_epoch, call.end_epoch):
             callback_list.on_epoch_begin(epoch)
             steps.reset()
             for step in range(per_epoch):

@@ -8,16 +8,15 @@ import time
 
 import tensorflow as tf
 
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.phase_schedule import ScheduledPhase
 
 REDRAW_SECONDS = 0.05  # Progbar's own interval
 
 
-def phase_header(number: int, total: int, plan: PhasePlan, epoch_steps: int, cached_features: bool,
-                 position: int) -> str:
+def phase_header(phase: ScheduledPhase, total: int, epoch_steps: int, cached_features: bool, position: int) -> str:
     """`phase 2/3 'top': 5 epochs x 40 steps, head on cached base features, resumed at step 37`."""
-    length = f"{plan.steps} steps" if plan.steps else f"{plan.epochs} epochs x {epoch_steps} steps"
-    parts = [f"phase {number}/{total} {plan.phase.name!r}: {length}"]
+    length = phase.length_text if phase.plan.steps else f"{phase.length_text} x {epoch_steps} steps"
+    parts = [f"phase {phase.number}/{total} {phase.plan.phase.name!r}: {length}"]
     if cached_features:
         parts.append("head on cached base features")
     if position:

@@ -13,7 +13,7 @@ optimizer state an uninterrupted run would have had there.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import tensorflow as tf
@@ -21,23 +21,37 @@ from absl import logging
 
 from freeze_trainer.keras.best_weights import BestWeights, RecordBest
 from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
-from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, epoch_spans, policy_layers
-from freeze_trainer.keras.freeze_proof import FreezeCheck, LossRise, check_phase, raise_on_violation, snapshot
+from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, policy_layers
+from freeze_trainer.keras.freeze_proof import (
+    FreezeCheck, LossRise, check_phase, proven_after_restore, raise_on_violation, snapshot,
+)
 from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.phase_progress import PhaseProgress, phase_header
+from freeze_trainer.keras.phase_schedule import PhaseSchedule, ScheduledPhase, build_schedule, newly_trainable
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
 from freeze_trainer.keras.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
-# Trains `model` for epochs [first, end) of `steps` batches each, taken in order from the endless
-# training batches, evaluating after each epoch, with the extra callbacks; returns the last epoch's metrics.
-# The variables are the phase's trainable ones (`VariableSplit.trainable`), for loops that apply gradients
-# themselves; `fit` reads the same set from the flags `apply_plan` set, which the proof checks.
-TrainPhase = Callable[
-    [LayerRateAdam, tf.keras.Model, "tuple[tf.Variable, ...]", tf.data.Dataset, "tf.data.Dataset | None", int, int,
-     int, list],
-    dict[str, float],
-]
+@dataclass(frozen=True)
+class PhaseCall:
+    """One training call of a phase: train `model` for epochs [first_epoch, end_epoch) of `steps` batches
+    each, taken in order from the endless training `batches`, evaluating on `evaluation` after each epoch,
+    with the extra `callbacks`. `trainable` are the phase's trainable variables
+    (`VariableSplit.trainable`), for loops that apply gradients themselves; `fit` reads the same set from
+    the flags `apply_plan` set, which the proof checks."""
 
+    optimizer: LayerRateAdam
+    model: tf.keras.Model
+    trainable: tuple[tf.Variable, ...]
+    batches: tf.data.Dataset
+    evaluation: tf.data.Dataset | None
+    first_epoch: int
+    end_epoch: int
+    steps: int
+    callbacks: list
+
+
+# A training loop: runs one call, returns the last epoch's metrics.
+TrainPhase = Callable[[PhaseCall], dict[str, float]]
 
 def variable_multipliers(model: tf.keras.Model, plan: PhasePlan) -> list[tuple[tf.Variable, float]]:
     """Each trainable variable with its layer's learning-rate multiplier under `plan`."""
@@ -66,8 +80,11 @@ def build_phase_optimizer(model: tf.keras.Model, plans: list[PhasePlan]) -> Laye
 
 def newly_trainable_variables(model: tf.keras.Model, plans: list[PhasePlan], index: int) -> list[tf.Variable]:
     """The variables phase `index` trains that the phase before did not (all of the first phase's)."""
-    previous = {v.ref() for v in plans[index - 1].variable_split(model).trainable} if index else set()
-    return [v for v in plans[index].variable_split(model).trainable if v.ref() not in previous]
+    names = newly_trainable(plans[index], plans[index - 1] if index else None)
+    backbone, head = policy_layers(model)
+    trainable = {v.ref() for v in plans[index].variable_split(model).trainable}
+    new = {v.ref(): v for layer in backbone + head if layer.name in names for v in layer.weights if v.ref() in trainable}
+    return list(new.values())
 
 
 def start_optimizer_phase(
@@ -106,7 +123,7 @@ def _changing(split: VariableSplit) -> tuple[tf.Variable, ...]:
 
 def run_phases(
     model: tf.keras.Model,
-    plans: list[PhasePlan],
+    plans: list[PhasePlan] | PhaseSchedule,
     train_phase: TrainPhase,
     train_data: tf.data.Dataset | ExampleFeed,
     eval_data: tf.data.Dataset | None = None,
@@ -119,80 +136,99 @@ def run_phases(
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
 
-    An epoch is `steps_per_epoch` batches (None: one pass over the training data; a `steps` phase is one
-    epoch of that many); the last epoch of the last phase counted in such epochs takes `remainder_steps`
-    more, so that a total number of steps (TFX's `num_steps`) is met exactly. With `checkpoint_dir`,
-    progress is saved every `checkpoint_every_steps` batches of a phase (None: at every epoch's end) and at
-    every phase's end, and a rerun resumes from it. Unless `verbose` is 0, each phase prints a line and one
-    progress bar over all its batches."""
+    `plans` is a schedule, or plans scheduled here with `steps_per_epoch` and `remainder_steps`
+    (`build_schedule`): an epoch is `steps_per_epoch` batches (None: one pass over the training data; a
+    `steps` phase is one epoch of that many); the last epoch of the last phase counted in such epochs takes
+    `remainder_steps` more. With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
+    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it. Unless
+    `verbose` is 0, each phase prints a line and one progress bar over all its batches."""
     exempt_tf_keras_from_autograph()
-    optimizer = optimizer or build_phase_optimizer(model, plans)
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
-    best = _best_weights(model, plans)
-    if best and isinstance(feed, BatchedFeed) and feed.eval is None:
-        raise ValueError("restore_best: a phase restores its best epoch, which needs evaluation data")
-    extra_state = {"best_weights": best.trackable} if best else {}
-    checkpoints = TrainingCheckpoints(checkpoint_dir, model, optimizer, **extra_state) if checkpoint_dir else None
-    resumed = checkpoints.restore() if checkpoints else Progress()
-    if resumed.phase or resumed.position:
-        logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, resumed.phase, resumed.position)
-    checks = list(resumed.completed)
-    metrics = {}
-    last_counted = max((index for index, plan in enumerate(plans) if not plan.steps), default=None)
-    for index, (plan, (epoch, end)) in enumerate(zip(plans, epoch_spans(plans))):
-        if index >= resumed.phase:
-            position = resumed.position if index == resumed.phase else 0
-            steps = plan.steps or steps_per_epoch or feed.epoch_batches
-            remainder = remainder_steps if index == last_counted and steps_per_epoch else 0
-            phase_batches = (end - epoch) * steps + remainder
-            apply_plan(model, plan)
-            split = plan.variable_split(model)
-            trainable = split.trainable
-            start_optimizer_phase(optimizer, model, plans, index, steps, fresh=not position)
-            if best and plan.phase.restores_best and not position:
-                best.start_phase(_changing(split))
-            # Restored weights already hold the batches trained before the checkpoint: a phase resumed
-            # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
-            before = resumed.phase_start if position else snapshot(model)
-            loss_rise = LossRise()
-            extra = [loss_rise]
-            record = RecordBest(best, _changing(split), epoch) if plan.phase.restores_best else None
-            if record:
-                extra.append(record)  # before the checkpoint, whose epoch-end save then holds the epoch's record
-            if checkpoints:
-                progress = Progress(index, position, before, tuple(checks))
-                extra.append(PhaseCheckpoint(checkpoints, progress, phase_batches, checkpoint_every_steps or steps,
-                                             epoch_batches=steps))
-            data = feed.phase_data(model, plan)
-            if verbose:  # last: it reads an early stop the other callbacks may set at an epoch's end
-                header = phase_header(index + 1, len(plans), plan, steps, data.cached_features, position)
-                extra.append(PhaseProgress(header, phase_batches, position))
-            for first, last, per_epoch, start in remaining_epochs(epoch, end, steps, position, remainder):
-                metrics = train_phase(
-                    optimizer, data.model, trainable, data.batches(start), data.eval, first, last, per_epoch, extra
-                )
-                if data.model.stop_training:  # an early stop ends the phase, as within one call
-                    break
-            check = check_phase(model, plan, before, loss_rise.diverged)  # what training moved, before any restore
-            if record and best.record.epoch is not None:
-                if best.record.epoch != record.last_epoch:
-                    best.restore(_changing(split))
-                    # The restore writes only variables the phase may change: proven again, frozen ones untouched.
-                    restored = check_phase(model, plan, before)
-                    check = replace(
-                        check, changed_frozen=restored.changed_frozen, trainable_off_plan=restored.trainable_off_plan,
-                        passed=check.passed and not restored.changed_frozen and not restored.trainable_off_plan,
-                    )
-                metrics = dict(best.record.logs)
-                check = replace(check, best_epoch=best.record.epoch)
-            if best:
-                best.end_phase(metrics)
-            checks.append(check)
-            raise_on_violation(check, model)
-            if checkpoints:
-                checkpoints.save(Progress(index + 1, 0, {}, tuple(checks)))
-    return checks, metrics
+    schedule = plans if isinstance(plans, PhaseSchedule) else build_schedule(
+        plans, feature_cache=isinstance(feed, ExampleFeed) and feed.feature_cache is not None,
+        steps_per_epoch=steps_per_epoch, remainder_steps=remainder_steps)
+    run = _PhaseRun(model, schedule, train_phase, feed, optimizer or build_phase_optimizer(model, schedule.plans),
+                    checkpoint_every_steps, verbose)
+    run.start(checkpoint_dir)
+    for phase in schedule:
+        if phase.index >= run.resumed.phase:
+            run.phase(phase)
+    return run.checks, run.metrics
 
+
+class _PhaseRun:
+    """The state `run_phases` carries from phase to phase: checkpoints, best weights, checks, metrics."""
+
+    def __init__(self, model, schedule: PhaseSchedule, train_phase: TrainPhase, feed, optimizer: LayerRateAdam,
+                 checkpoint_every_steps: int | None, verbose: int):
+        self.model, self.schedule, self.train_phase, self.feed = model, schedule, train_phase, feed
+        self.optimizer, self.checkpoint_every_steps, self.verbose = optimizer, checkpoint_every_steps, verbose
+        self.best = _best_weights(model, schedule.plans)
+        if self.best and isinstance(feed, BatchedFeed) and feed.eval is None:
+            raise ValueError("restore_best: a phase restores its best epoch, which needs evaluation data")
+        self.checkpoints, self.resumed, self.checks, self.metrics = None, Progress(), [], {}
+
+    def start(self, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir:
+            extra_state = {"best_weights": self.best.trackable} if self.best else {}
+            self.checkpoints = TrainingCheckpoints(checkpoint_dir, self.model, self.optimizer, **extra_state)
+            self.resumed = self.checkpoints.restore()
+        if self.resumed.phase or self.resumed.position:
+            logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, self.resumed.phase,
+                         self.resumed.position)
+        self.checks = list(self.resumed.completed)
+
+    def phase(self, phase: ScheduledPhase) -> None:
+        """Trains `phase` (from where a checkpoint left it), proves it, restores its best epoch."""
+        model, plan = self.model, phase.plan
+        position = self.resumed.position if phase.index == self.resumed.phase else 0
+        steps = phase.steps_per_epoch or self.feed.epoch_batches
+        apply_plan(model, plan)
+        split = plan.variable_split(model)
+        changing = _changing(split)
+        start_optimizer_phase(self.optimizer, model, self.schedule.plans, phase.index, steps, fresh=not position)
+        if self.best and plan.phase.restores_best and not position:
+            self.best.start_phase(changing)
+        # Restored weights already hold the batches trained before the checkpoint: a phase resumed
+        # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
+        before = self.resumed.phase_start if position else snapshot(model)
+        record = RecordBest(self.best, changing, phase.first_epoch) if plan.phase.restores_best else None
+        data = self.feed.phase_data(model, phase)
+        loss_rise = LossRise()  # a loss far above its start fails the phase as diverged, as NaN does
+        callbacks = [loss_rise, *self._callbacks(phase, record, position, before, steps, data.cached_features)]
+        for first, last, per_epoch, start in remaining_epochs(phase.first_epoch, phase.end_epoch, steps, position,
+                                                              phase.remainder_steps):
+            self.metrics = self.train_phase(PhaseCall(
+                self.optimizer, data.model, split.trainable, data.batches(start), data.eval,
+                first, last, per_epoch, callbacks))
+            if data.model.stop_training:  # an early stop ends the phase, as within one call
+                break
+        check = check_phase(model, plan, before, loss_rise.diverged)  # what training moved, before any restore
+        if record and self.best.record.epoch is not None:
+            if self.best.record.epoch != record.last_epoch:
+                self.best.restore(changing)
+                check = proven_after_restore(check, model, plan, before)
+            self.metrics = dict(self.best.record.logs)
+            check = replace(check, best_epoch=self.best.record.epoch)
+        if self.best:
+            self.best.end_phase(self.metrics)
+        self.checks.append(check)
+        raise_on_violation(check, model)
+        if self.checkpoints:
+            self.checkpoints.save(Progress(phase.index + 1, 0, {}, tuple(self.checks)))
+
+    def _callbacks(self, phase: ScheduledPhase, record, position: int, before, steps: int, cached: bool) -> list:
+        """The phase's own callbacks, in order: its best-epoch record, its checkpoint, its progress bar."""
+        phase_batches = phase.epoch_count * steps + phase.remainder_steps
+        extra = [record] if record else []  # before the checkpoint, whose epoch-end save then holds the record
+        if self.checkpoints:
+            progress = Progress(phase.index, position, before, tuple(self.checks))
+            extra.append(PhaseCheckpoint(self.checkpoints, progress, phase_batches,
+                                         self.checkpoint_every_steps or steps, epoch_batches=steps))
+        if self.verbose:  # last: it reads an early stop the other callbacks may set at an epoch's end
+            header = phase_header(phase, len(self.schedule), steps, cached, position)
+            extra.append(PhaseProgress(header, phase_batches, position))
+        return extra
 
 def remaining_epochs(first: int, end: int, steps: int, position: int, remainder: int = 0
                      ) -> list[tuple[int, int, int, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from freeze_trainer.keras.freeze_plan import HEAD_GROUP, PhasePlan
+from freeze_trainer.keras.phase_schedule import phase_length
 from freeze_trainer.keras.plan_report import GroupState, format_lr, group_states, lr_text
 
 PICTURE_FORMATS = (".png", ".svg")
@@ -93,8 +94,7 @@ def plan_figure(plans: list[PhasePlan], title: str | None = None):
                     axes.add_patch(Rectangle((start, y + 0.08), share, 0.84 * _BAND, facecolor=colour,
                                              edgecolor="white", linewidth=0.8, hatch=".." if mixed_modes else None))
                 _write_rate(axes, group, start, share, share / total * strip_in, y)
-            count, unit = (plan.steps, "step") if plan.steps else (plan.epochs, "epoch")
-            length = f"{count} {unit}{'s' if count != 1 else ''}"
+            length = phase_length(plan)
             axes.text(-0.01 * total, y + 0.5, f"{row + 1}  {plan.phase.name}\nhead lr {format_lr(plan.learning_rate)}, "
                       f"{length}", ha="right", va="center", fontsize=8)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from freeze_trainer.keras.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
+from freeze_trainer.keras.phase_schedule import cache_clause, newly_trainable, phase_length
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
 
@@ -31,7 +32,7 @@ def transition_summary(plan: PhasePlan, previous: PhasePlan | None, first: bool)
     """How the phase starts and ends: its optimizer state, warm-up and restore_best ('' for a first phase
     that sets none of them). Newly trainable layers are counted when the previous phase is given."""
     phase = plan.phase
-    new = len(plan.trainable_layers() - (previous.trainable_layers() if previous else set()))
+    new = len(newly_trainable(plan, previous))
     layers = f"{new} newly trainable layer(s)" if previous or first else "newly trainable layers"
     parts = []
     if not first or phase.optimizer_state is not None:
@@ -46,10 +47,12 @@ def transition_summary(plan: PhasePlan, previous: PhasePlan | None, first: bool)
     return "; ".join(parts)
 
 
-def phase_summary(number: int, total: int, plan: PhasePlan, previous: PhasePlan | None = None) -> str:
-    length = f"{plan.steps} steps" if plan.steps else f"{plan.epochs} epochs"
+def phase_summary(number: int, total: int, plan: PhasePlan, previous: PhasePlan | None = None,
+                  cache: str | None = None) -> str:
+    """`cache`: the run's words for its cache use (`ScheduledPhase.cache_clause`); None: the plan's."""
+    length = phase_length(plan)
     trainable_layers = sum(state.trainable for state in plan.layers)
-    cache = "head trains on cached base features" if plan.caches_features else f"no feature cache: {plan.feature_cache_blocker}"
+    cache = cache or cache_clause(plan)
     transition = transition_summary(plan, previous, number == 1)
     return (
         f"phase {number}/{total} {plan.phase.name!r}: {length}, head lr {plan.learning_rate:.3g}; "
@@ -178,11 +181,9 @@ def group_changes(plan: PhasePlan, previous: PhasePlan) -> list[tuple[list[str],
 
 
 def _header(number: int, total: int, plan: PhasePlan) -> list[str]:
-    count, unit = (plan.steps, "step") if plan.steps else (plan.epochs, "epoch")
     trainable = sum(state.trainable for state in plan.layers)
-    cache = "head trains on cached base features" if plan.caches_features else f"no feature cache: {plan.feature_cache_blocker}"
-    return [f"phase {number}/{total} {plan.phase.name!r}: {count} {unit}{'s' if count != 1 else ''}, "
-            f"head lr {format_lr(plan.learning_rate)}, {trainable} of {len(plan.layers)} layers trainable", cache]
+    return [f"phase {number}/{total} {plan.phase.name!r}: {phase_length(plan)}, "
+            f"head lr {format_lr(plan.learning_rate)}, {trainable} of {len(plan.layers)} layers trainable", cache_clause(plan)]
 
 
 def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:

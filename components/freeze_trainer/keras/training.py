@@ -9,13 +9,14 @@ import tensorflow as tf
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.fit_training import train_with_fit
 from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.phase_schedule import PhaseSchedule
 from freeze_trainer.keras.freeze_proof import FreezeCheck
 from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
 
 
 def train_with_proof(
     model: tf.keras.Model,
-    plans: list[PhasePlan],
+    plans: list[PhasePlan] | PhaseSchedule,
     train_data: tf.data.Dataset | ExampleFeed,
     eval_data: tf.data.Dataset | None = None,
     loop: Literal["fit", "gradient_tape"] = "fit",

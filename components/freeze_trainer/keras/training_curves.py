@@ -12,7 +12,8 @@ import math
 
 import tensorflow as tf
 
-from freeze_trainer.keras.freeze_plan import PhasePlan, epoch_spans
+from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
 from freeze_trainer.keras.plan_picture import LITERAL_TEXT
 
 DPI = 100
@@ -44,7 +45,7 @@ def curve_names(history: list[dict[str, float]]) -> list[str]:
     return sorted(names, key=lambda name: name != "loss")
 
 
-def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
+def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan] | PhaseSchedule):
     """One panel per curve (loss, then metrics), epochs from 1 along x; each phase a shaded band named at
     the top. Returns a matplotlib `Figure` on the Agg canvas."""
     import matplotlib
@@ -53,7 +54,7 @@ def curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
         return _curves_figure(history, plans)
 
 
-def _curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
+def _curves_figure(history: list[dict[str, float]], plans: list[PhasePlan] | PhaseSchedule):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -62,14 +63,15 @@ def _curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
     panels = max(len(names), 1)
     figure = Figure(figsize=(PANEL_WIDTH_IN * panels, HEIGHT_IN), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    epochs = [row["epoch"] + 1 for row in history]
-    spans = epoch_spans(plans)
+    epochs = [row["epoch"] + 1 for row in history]  # the history's Keras epochs, as a person counts them
+    schedule = plans if isinstance(plans, PhaseSchedule) else build_schedule(plans)
     for axes, name in zip(figure.subplots(1, panels, squeeze=False)[0], names):
-        for index, (plan, (first, end)) in enumerate(zip(plans, spans)):
-            axes.axvspan(first + 0.5, end + 0.5, color=_PHASE_SHADES[index % 2], zorder=0)
-            axes.text((first + end + 1) / 2, 1.0, f"{index + 1} {plan.phase.name}", transform=axes.get_xaxis_transform(),
-                      ha="center", va="bottom", fontsize=8, clip_on=False)
-            if index:
+        for phase in schedule:
+            first, end = phase.first_epoch, phase.end_epoch
+            axes.axvspan(first + 0.5, end + 0.5, color=_PHASE_SHADES[phase.index % 2], zorder=0)
+            axes.text((first + end + 1) / 2, 1.0, f"{phase.number} {phase.plan.phase.name}",
+                      transform=axes.get_xaxis_transform(), ha="center", va="bottom", fontsize=8, clip_on=False)
+            if phase.index:
                 axes.axvline(first + 0.5, color="#8a9099", linewidth=0.8, linestyle="--")
         for key, label, style in ((name, "train", "-"), (f"val_{name}", "eval", "--")):
             points = [(epoch, row[key]) for epoch, row in zip(epochs, history)
@@ -79,7 +81,7 @@ def _curves_figure(history: list[dict[str, float]], plans: list[PhasePlan]):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(name)
-        axes.set_xlim(0.5, max(spans[-1][1], len(epochs)) + 0.5)
+        axes.set_xlim(0.5, max(schedule[-1].end_epoch, len(epochs)) + 0.5)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8, loc="best")
     return figure

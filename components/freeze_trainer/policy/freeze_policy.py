@@ -93,6 +93,12 @@ def _linear_regex(pattern: str | None) -> str | None:
 LinearRegex = Annotated[str, AfterValidator(_linear_regex)]
 
 
+def length_text(epochs: int | None, steps: int | None) -> str:
+    """A length as every report words it: "4 epochs", "1 epoch" or "250 steps" (steps win when set)."""
+    count, unit = (steps, "step") if steps else (epochs, "epoch")
+    return f"{count} {unit}{'s' if count != 1 else ''}"
+
+
 class PolicyError(DocumentError):
     """An invalid freeze policy. `key` is the dotted path of the offending entry."""
 
@@ -282,8 +288,7 @@ class Warmup:
     def describe(self) -> str:
         if self.growth:
             return f"from {self.ratio:g} × their rate, × {self.growth:g} per epoch"
-        length = f"{self.steps} steps" if self.steps else f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-        return f"linearly from {self.ratio:g} × their rate over {length}"
+        return f"linearly from {self.ratio:g} × their rate over {length_text(self.epochs, self.steps)}"
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}

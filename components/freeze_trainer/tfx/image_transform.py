@@ -13,12 +13,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from freeze_trainer.tfx.trainer_config import transformed_name
+
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
-
-
-def transformed_name(key: str) -> str:
-    return f"{key}_xf"
 
 
 # The largest image side decoded, in pixels: an image's header is read before its pixels are, so a small

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import tensorflow as tf
@@ -29,8 +29,10 @@ from freeze_trainer.keras.classifier_model import resolve_head_output
 from freeze_trainer.keras.distribution import choose_strategy, is_chief
 from freeze_trainer.keras.example_feed import ExampleFeed
 from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
-from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
 from freeze_trainer.keras.training import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
 from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, USER_CODE_KEY, trainer_config
@@ -125,8 +127,8 @@ def model_source(config: TrainerConfig, user_code: str | None, model: tf.keras.M
     return {**record, "base_name": base_model_name(model)}
 
 
-def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[PhasePlan], checks,
-                  metrics: dict[str, float], steps_per_epoch: int | None, source: dict[str, str]) -> dict:
+def freeze_report(config: TrainerConfig, contract: DataContract, schedule: PhaseSchedule, checks,
+                  metrics: dict[str, float], source: dict[str, str]) -> dict:
     """`source`: the model's provenance (`model_source`)."""
     return {
         "policy_sha256": config.freeze_policy.sha256(),
@@ -134,29 +136,42 @@ def freeze_report(config: TrainerConfig, contract: DataContract, plans: list[Pha
         "training_loop": config.training_loop,
         "task": contract.task.name,
         "head_output": contract.task.head_output,
-        "steps_per_epoch": steps_per_epoch,  # None: one pass over the training examples
+        "steps_per_epoch": schedule.steps_per_epoch,  # None: one pass over the training examples
         "freeze_check_passed": all(check.passed for check in checks),
         "phases": [
             {
                 **check.as_dict(),
-                "epochs": plan.epochs,
-                "steps": plan.steps,
-                "learning_rate": plan.learning_rate,
-                "feature_cache": config.feature_cache == "auto" and plan.caches_features,
-                **plan.transition(),  # optimizer_state, warmup, restore_best (best_epoch is in the check)
+                "epochs": phase.plan.epochs,
+                "steps": phase.plan.steps,
+                "learning_rate": phase.plan.learning_rate,
+                "feature_cache": phase.cache is not None,
+                **phase.transition(),  # optimizer_state, warmup, restore_best (best_epoch is in the check)
             }
-            for plan, check in zip(plans, checks)
+            for phase, check in zip(schedule, checks)
         ],
         "final_metrics": metrics,
     }
 
 
-def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.keras.Model] | None = None) -> dict:
-    """Trains under the executor's validated config and exports with the freeze report; returns the report.
+@dataclass(frozen=True)
+class PreparedRun:
+    """Everything a run trains with, prepared before the first batch: the model, its schedule and data."""
 
-    `model` is a model of the user's own (its head declared by the `head_layers` parameter, or built with
-    `freeze_trainer.keras.build_classifier`), or a function `(config, contract[, hyperparameters]) -> model`
-    called inside the distribution strategy's scope; None builds the model the parameters describe."""
+    config: TrainerConfig
+    contract: DataContract
+    schema: schema_pb2.Schema
+    tft_output: tft.TFTransformOutput | None
+    strategy: tf.distribute.Strategy
+    model: tf.keras.Model
+    schedule: PhaseSchedule
+    optimizer: LayerRateAdam
+    feed: ExampleFeed
+    user_code: str | None  # the user's file that built or passed the model, for the report
+
+
+def prepare(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.keras.Model] | None = None) -> PreparedRun:
+    """The validated config, the data contract, the model and its schedule (a policy that does not fit the
+    model fails here, before any data is read), then the example feed."""
     config = trainer_config(fn_args)
     tf.keras.utils.set_random_seed(config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
@@ -166,36 +181,47 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     build_model = build_model or (fn_args.custom_config or {}).get(BUILD_MODEL_KEY)
     # The report names the user's code when it builds or passes the model.
     user_code = (fn_args.custom_config or {}).get(USER_CODE_KEY) if model is not None or build_model else None
-    hyperparameters = model_hyperparameters(hyperparameter_values(fn_args.hyperparameters))  # TFX's Tuner's
-
     if config.mixed_precision != "none":
         tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
     strategy = choose_strategy(config.distribution)
     with strategy.scope():
-        # Model and plan first: a policy that does not fit the model fails before any data is read.
-        from_module = build_model is not None or isinstance(model, tf.keras.Model)  # a user module's model
-        if isinstance(model, tf.keras.Model):
-            model = build_from_config(config, contract, given=model)
-        else:
-            model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
-        contract = bind_inputs(config, contract, model, from_module=from_module)
-        contract = replace(contract, task=resolve_head_output(model, contract.task, config.head_output))
+        model, contract = _planned_model(fn_args, config, contract, model, build_model)
         plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
+    schedule = build_schedule(plans, feature_cache=config.feature_cache == "auto", total_steps=fn_args.train_steps)
+    feed = _example_feed(fn_args, config, schema, contract, schedule)
+    return PreparedRun(config, contract, schema, tft_output, strategy, model, schedule, optimizer, feed, user_code)
 
-    prepare = contract.task.prepare_labels
+
+def _planned_model(fn_args: FnArgs, config: TrainerConfig, contract: DataContract, model, build_model
+                   ) -> tuple[tf.keras.Model, DataContract]:
+    """The model to train (inside the strategy's scope), and the contract bound to its inputs and head."""
+    hyperparameters = model_hyperparameters(hyperparameter_values(fn_args.hyperparameters))  # TFX's Tuner's
+    from_module = build_model is not None or isinstance(model, tf.keras.Model)  # a user module's model
+    if isinstance(model, tf.keras.Model):
+        model = build_from_config(config, contract, given=model)
+    else:
+        model = build_from_config(config, contract, build_model=build_model, hyperparameters=hyperparameters)
+    contract = bind_inputs(config, contract, model, from_module=from_module)
+    return model, replace(contract, task=resolve_head_output(model, contract.task, config.head_output))
+
+
+def _example_feed(fn_args: FnArgs, config: TrainerConfig, schema, contract: DataContract, schedule: PhaseSchedule
+                  ) -> ExampleFeed:
+    """The training and evaluation examples, with a feature cache when a phase of the schedule uses one."""
+    prepare_labels = contract.task.prepare_labels
 
     def examples(files: list[str]) -> tf.data.Dataset:
         return _labeled_examples(fn_args, files, schema, contract.inputs, contract.label_key).map(
-            lambda x, y: (x, prepare(y[None])[0]))
+            lambda x, y: (x, prepare_labels(y[None])[0]))
 
     train_examples, eval_examples = examples(fn_args.train_files), examples(fn_args.eval_files)
     if fn_args.eval_steps:  # TFX's eval_args.num_steps: that many batches of evaluation
         eval_examples = eval_examples.take(fn_args.eval_steps * config.batch_size)
     feature_cache = None
-    if config.feature_cache == "auto" and any(plan.caches_features for plan in plans):
+    if schedule.caches:
         sources = [*([fn_args.transform_output] if fn_args.transform_output else []), *fn_args.train_files,
                    *fn_args.eval_files]
         feature_cache = FeatureCache(
@@ -203,46 +229,53 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
             spill_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
             memory_budget_bytes=config.feature_cache_memory_mb << 20,
         )
-    feed = ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
-    # TFX's train_args.num_steps: the training steps in all, exactly, spread over the epochs of every phase
-    # (at least one each); the last epoch takes the remainder.
-    total_epochs = sum(plan.epochs or 0 for plan in plans)
-    steps_per_epoch = max(1, fn_args.train_steps // total_epochs) if fn_args.train_steps and total_epochs else None
-    remainder_steps = max(0, fn_args.train_steps - steps_per_epoch * total_epochs) if steps_per_epoch else 0
-    checkpoint_dir = os.path.join(fn_args.model_run_dir, "checkpoints")
+    return ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
+
+
+def _checkpoint_dir(fn_args: FnArgs) -> str:
+    # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a multi-worker
+    # job the chief saves here, the others to scratch, and all resume from here.
+    return os.path.join(fn_args.model_run_dir, "checkpoints")
+
+
+def train(fn_args: FnArgs, run: PreparedRun) -> tuple[list, dict[str, float]]:
+    """Trains every phase of the schedule with the proof; returns each phase's check and the last metrics."""
+    config = run.config
     # Appended epoch by epoch, so a retried attempt's curves keep the epochs of the attempt it resumes.
     history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
-    with strategy.scope(), feature_cache or contextlib.nullcontext():
-        checks, metrics = train_with_proof(
-            model,
-            plans,
-            feed,
+    with run.strategy.scope(), run.feed.feature_cache or contextlib.nullcontext():
+        return train_with_proof(
+            run.model,
+            run.schedule,
+            run.feed,
             loop=config.training_loop,
-            strategy=strategy,
-            task=contract.task,
+            strategy=run.strategy,
+            task=run.contract.task,
             callbacks=[tf.keras.callbacks.TensorBoard(fn_args.model_run_dir, profile_batch=0),
                        *([tf.keras.callbacks.CSVLogger(history_path, append=True)] if is_chief() else [])],
-            steps_per_epoch=steps_per_epoch,
-            remainder_steps=remainder_steps,
-            optimizer=optimizer,
+            optimizer=run.optimizer,
             jit_compile=config.jit_compile,
-            # A preempted task rerun with the same ModelRun (a KFP or Vertex retry) resumes here. In a
-            # multi-worker job the chief saves here, the others to scratch, and all resume from here.
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=_checkpoint_dir(fn_args),
             checkpoint_every_steps=config.checkpoint_every_steps or None,
         )
-    report = freeze_report(config, contract, plans, checks, metrics, steps_per_epoch,
-                           model_source(config, user_code, model))
+
+
+def publish(fn_args: FnArgs, run: PreparedRun, checks, metrics: dict[str, float]) -> dict:
+    """Exports the serving model with the freeze report and the run report; returns the freeze report."""
+    config = run.config
+    report = freeze_report(config, run.contract, run.schedule, checks, metrics,
+                           model_source(config, run.user_code, run.model))
     logging.info("Freeze check passed for every phase: %s", report["phases"])
-    report_assets = write_run_report(config, plans, report, history_path, fn_args.model_run_dir)  # best-effort
+    history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
+    report_assets = write_run_report(config, run.schedule, report, history_path, fn_args.model_run_dir)
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
-    raw_feature_spec = tft_output.raw_feature_spec() if tft_output else schema_utils.schema_as_feature_spec(
-        schema).feature_spec
+    raw_feature_spec = run.tft_output.raw_feature_spec() if run.tft_output else schema_utils.schema_as_feature_spec(
+        run.schema).feature_spec
     export_serving_model(
-        model,
-        tft_output,
-        contract,
+        run.model,
+        run.tft_output,
+        run.contract,
         config,
         raw_feature_spec,
         export_dir,
@@ -254,10 +287,21 @@ def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.k
     )
     # Exported: the training checkpoints only served to resume this training, so they go (each holds the
     # model and its optimizer state). No parameter keeps them; a killed run never gets here and keeps its own.
+    checkpoint_dir = _checkpoint_dir(fn_args)
     if is_chief() and tf.io.gfile.exists(checkpoint_dir):
         tf.io.gfile.rmtree(checkpoint_dir)
     return report
 
+
+def train_and_export(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.keras.Model] | None = None) -> dict:
+    """Trains under the executor's validated config and exports with the freeze report; returns the report.
+
+    `model` is a model of the user's own (its head declared by the `head_layers` parameter, or built with
+    `freeze_trainer.keras.build_classifier`), or a function `(config, contract[, hyperparameters]) -> model`
+    called inside the distribution strategy's scope; None builds the model the parameters describe."""
+    run = prepare(fn_args, model)
+    checks, metrics = train(fn_args, run)
+    return publish(fn_args, run, checks, metrics)
 
 def run_fn(fn_args: FnArgs) -> None:
     """The executor's default: the model the trainer parameters (or a module's `build_model`) describe."""

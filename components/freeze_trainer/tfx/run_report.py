@@ -26,6 +26,7 @@ from absl import logging
 from freeze_trainer.keras.distribution import is_chief
 from freeze_trainer.keras.freeze_plan import PhasePlan
 from freeze_trainer.keras.plan_picture import plan_figure
+from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
 from freeze_trainer.keras.plan_report import format_lr, format_plan_groups, phase_summary
 from freeze_trainer.keras.training_curves import curves_figure, read_history
 from freeze_trainer.tfx.trainer_config import TrainerConfig
@@ -53,17 +54,18 @@ def _picture(what: str, draw: Callable[[], Any]) -> str | None:
         return None
 
 
-def _feature_cache_use(config: TrainerConfig, plan: PhasePlan) -> str:
-    if config.feature_cache == "off":
-        return "off (feature_cache: off)"
-    if plan.caches_features:
-        return "the head trained on cached base features"
-    return f"not used: {plan.feature_cache_blocker}"
+def _schedule(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule) -> PhaseSchedule:
+    if isinstance(plans, PhaseSchedule):
+        return plans
+    return build_schedule(plans, feature_cache=config.feature_cache == "auto")
 
 
-def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: dict, history: list[dict],
-                tensorboard_logdir: str) -> dict:
-    """Everything the report shows, as JSON-ready data; `evaluation` stays None until the Pusher adds it."""
+def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, freeze_report: dict,
+                history: list[dict], tensorboard_logdir: str) -> dict:
+    """Everything the report shows, as JSON-ready data; `evaluation` stays None until the Pusher adds it.
+    `plans`: the run's schedule (plans are scheduled as the trainer would)."""
+    schedule = _schedule(config, plans)
+    plans = schedule.plans
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "freeze_report": freeze_report,
@@ -71,18 +73,19 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan], freeze_report: di
         "plan_text": format_plan_groups(plans),
         "plan_png": _picture("plan picture", lambda: plan_figure(
             plans, f"{freeze_report['base_name']}: one row per phase, width ∝ parameters")),
-        "curves_png": _picture("training curves", lambda: curves_figure(history, plans)) if history else None,
+        "curves_png": _picture("training curves", lambda: curves_figure(history, schedule)) if history else None,
         "phases": [
-            {"summary": phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None),
-             "feature_cache": _feature_cache_use(config, plan)}
-            for number, plan in enumerate(plans, start=1)
+            {"summary": phase_summary(phase.number, len(plans), phase.plan,
+                                      plans[phase.index - 1] if phase.index else None, phase.cache_clause),
+             "length": phase.length_text, "feature_cache": phase.cache_reason}
+            for phase in schedule
         ],
         "tensorboard_logdir": tensorboard_logdir,
         "evaluation": None,
     }
 
 
-def write_run_report(config: TrainerConfig, plans: list[PhasePlan], freeze_report: dict, history_path: str,
+def write_run_report(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, freeze_report: dict, history_path: str,
                      model_run_dir: str) -> dict[str, dict | str]:
     """The trainer's part: the page and its curves picture into the ModelRun (by the chief, beside the
     TensorBoard logs), and the report's assets for the serving model, by name. Best-effort: the model

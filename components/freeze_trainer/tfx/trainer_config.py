@@ -37,6 +37,11 @@ CUSTOM_BACKBONE = "custom"  # any Keras model from a `.keras` file, or from a us
 MAX_HYPERPARAMETERS_BYTES = 1024 * 1024
 
 
+def transformed_name(key: str) -> str:
+    """The Transform output a raw feature becomes by default (the bundled `preprocessing_fn`'s naming)."""
+    return f"{key}_xf"
+
+
 class ConfigError(ValueError):
     """A bad trainer parameter other than the policy; `key` names the parameter."""
 
@@ -154,11 +159,11 @@ class TrainerConfig(BaseModel):
 
     @property
     def model_feature_key(self) -> str:
-        return self.transformed_feature_key or f"{self.feature_key}_xf"
+        return self.transformed_feature_key or transformed_name(self.feature_key)
 
     @property
     def model_label_key(self) -> str:
-        return self.transformed_label_key or f"{self.label_key}_xf"
+        return self.transformed_label_key or transformed_name(self.label_key)
 
     @property
     def head_layer_names(self) -> tuple[str, ...]:

@@ -19,16 +19,21 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import build_backbone
+from freeze_trainer.keras.backbones import BackboneError, build_backbone
 from freeze_trainer.keras.classifier_model import (
-    HEAD_LAYER_NAMES, backbone_of, build_classifier, declare_head, has_head, head_layer_names,
+    HEAD_LAYER_NAMES, HeadError, backbone_of, build_classifier, declare_head, has_head, head_layer_names,
 )
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.tasks import MULTICLASS, Task
 from freeze_trainer.tfx.data_contract import DataContract, Shape, model_inputs
+from freeze_trainer.policy import PolicyError
 from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, ConfigError, TrainerConfig
 
 BuildModel = Callable[..., tf.keras.Model]
+
+# What a wrong parameter, policy or model raises, at planning or once the data is read: the callers (the
+# local runner, the CLI, the Kubeflow submission) print it as one line, without a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (PolicyError, ConfigError, BackboneError, HeadError)
 
 
 def build_from_config(
