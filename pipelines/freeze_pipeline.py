@@ -150,6 +150,20 @@ def _hyperparameters_importer(uri: str) -> Importer:
         "hyperparameters_importer")
 
 
+def _evaluator(example_gen, trainer, model_resolver, trainer_parameters: dict[str, Any],
+               options: PipelineOptions) -> Evaluator:
+    """TFMA on the raw examples, gated by the task's metric against the latest blessed model."""
+    label_key = _fixed(trainer_parameters, "label_key")
+    transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or transformed_name(label_key)
+    return Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=eval_config(_fixed(trainer_parameters, "task"), transformed_label_key, options.accuracy_floor,
+                                options.max_accuracy_drop),
+    )
+
+
 def _pusher(trainer, evaluator, serving_dir: str) -> Pusher:
     return Pusher(
         model=trainer.outputs["model"],
@@ -188,43 +202,33 @@ def create_pipeline(
     parameters); `trainer_module_file` a `run_fn` or a `build_model` hook. `hyperparameters_uri`, a folder
     holding one KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is
     imported and overrides the trainer parameters it names. `search_space`, a policy search's YAML or JSON
-    text (tfx/search_space.py), adds TFX's Tuner with the freeze-aware `tuner_fn` before the trainer, whose
-    `hyperparameters` become the Tuner's `best_hyperparameters` (it replaces `hyperparameters_uri`); the
-    search's state goes to `search_dir` (default: the Tuner's scratch folder), where a rerun resumes it."""
-    task, label_key = _fixed(trainer_parameters, "task"), _fixed(trainer_parameters, "label_key")
-    transformed_label_key = _fixed(trainer_parameters, "transformed_label_key") or transformed_name(label_key)
+    text (tfx/search_space.py), adds TFX's Tuner with the freeze-aware `tuner_fn`, whose `best_hyperparameters`
+    the trainer takes instead; its state goes to `search_dir`, where a rerun resumes it."""
+    label_key = _fixed(trainer_parameters, "label_key")
     example_gen, statistics_gen, schema_gen, transform = _data_components(
         data_root, options.image_size, transform_module_file, _fixed(trainer_parameters, "feature_key"), label_key)
     model_resolver = _latest_blessed_model()
-    hyperparameters = _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri and not search_space \
-        else None
-    tuner = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
-        if search_space else None
+    # The trainer's hyperparameters: a policy search's best values, or an imported file's.
+    tuning = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
+        if search_space else _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri else None
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
         base_model=model_resolver.outputs["model"] if options.retrain else None,
-        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else
-        hyperparameters.outputs["result"] if hyperparameters else None,
+        hyperparameters=tuning and tuning.outputs["best_hyperparameters" if search_space else "result"],
         custom_config=trainer_custom_config,
         module_file=trainer_module_file,
         train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,
         eval_args=trainer_pb2.EvalArgs(num_steps=options.eval_steps) if options.eval_steps else None,
     )
-    evaluator = Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(task, transformed_label_key, options.accuracy_floor, options.max_accuracy_drop),
-    )
+    evaluator = _evaluator(example_gen, trainer, model_resolver, trainer_parameters, options)
     return pipeline.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, transform, *([hyperparameters] if hyperparameters else []),
-                    *([tuner] if tuner else []), trainer, model_resolver, evaluator,
-                    _pusher(trainer, evaluator, serving_dir)],
+        components=[example_gen, statistics_gen, schema_gen, transform, *([tuning] if tuning else []), trainer,
+                    model_resolver, evaluator, _pusher(trainer, evaluator, serving_dir)],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),  # none: Beam's defaults, FAST_LOCAL_BEAM_ARGS
