@@ -10,7 +10,6 @@ import sys
 
 from freeze_trainer import FreezeTrainer  # first: sets TF_USE_LEGACY_KERAS=1 before TFX imports TensorFlow
 from freeze_trainer.tfx.pusher import Pusher
-from freeze_trainer.tfx.trainer_config import transformed_name
 import tensorflow_model_analysis as tfma
 from tfx.components import CsvExampleGen, Evaluator, SchemaGen, StatisticsGen, Transform
 from tfx.orchestration import pipeline
@@ -54,7 +53,7 @@ def create_pipeline(data_root: str, transform_module: str, base_model: str, outp
         examples=example_gen.outputs["examples"],  # raw examples: TFMA applies the Transform the model carries
         model=trainer.outputs["model"],
         eval_config=tfma.EvalConfig(
-            model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=transformed_name(label),
+            model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=f"{label}_xf",
                                         preprocessing_function_names=["transform_features"],
                                         prediction_key="probabilities")],
             slicing_specs=[tfma.SlicingSpec()],

@@ -11,6 +11,7 @@ from freeze_trainer.keras.feature_cache import FeatureCache
 from freeze_trainer.keras.fit_training import train_with_fit
 from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy
 from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.phase_schedule import build_schedule
 from freeze_trainer.keras.prefix_cache import PrefixFeed
 from freeze_trainer.keras.prefix_cut import find_cut, live_model, prefix_model
 from freeze_trainer.policy.freeze_policy import policy_from_dict
@@ -195,9 +196,9 @@ def test_a_later_phase_with_the_same_cut_and_prefix_reuses_the_cached_tensors(tm
     cache = FeatureCache("test-source", str(tmp_path / "spill"))
     feed = PrefixFeed(examples, examples.take(16), 16, 7, prefix_cache=cache)
     stores = []
-    for plan in plans:
-        apply_plan(model, plan)
-        feed.phase_data(model, plan)
+    for phase in build_schedule(plans, feature_cache=False):
+        apply_plan(model, phase.plan)
+        feed.phase_data(model, phase)
         stores.append(cache._stores["train"])
     assert stores[1] is stores[0]  # same cut, same prefix weights: not computed again
     assert stores[2] is not stores[1]  # another cut

@@ -151,6 +151,7 @@ def test_the_trainer_binds_inputs_by_name_and_refuses_a_missing_one_in_one_line(
     def base(*names_and_widths):
         inputs = [tf.keras.Input((width,), name=name) for name, width in names_and_widths]
         x = tf.keras.layers.Concatenate()(inputs) if len(inputs) > 1 else inputs[0]
+        x = tf.keras.layers.Dense(4, name="hidden")(x)  # a base below the head `enc_1` a case declares
         return tf.keras.Model(inputs, tf.keras.layers.Dense(3, activation="softmax", name="enc_1")(x))
 
     model = build_from_config(config, contract, given=base(("b_xf", 2), ("a_xf", 1)))

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from freeze_trainer.keras.example_feed import ExampleFeed, PhaseData, endless_batches
 from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.phase_schedule import ScheduledPhase
 from freeze_trainer.keras.prefix_cut import PrefixCut, find_cut, live_model, prefix_model
 
 
@@ -55,10 +55,10 @@ class PrefixFeed(ExampleFeed):
 
     prefix_cache: FeatureCache | None = None
 
-    def phase_data(self, model: tf.keras.Model, plan: PhasePlan) -> PhaseData:
-        cut = find_cut(model, plan)
+    def phase_data(self, model: tf.keras.Model, phase: ScheduledPhase) -> PhaseData:
+        cut = find_cut(model, phase.plan)
         if self.prefix_cache is None or not cut.caches:
-            return super().phase_data(model, plan)
+            return super().phase_data(model, phase)
         splits = {"train": self.train_examples, "eval": self.eval_examples}
         stored = self.prefix_cache.features(model, splits, self.batch_size, extractor=packed_prefix(model, cut))
         train, evaluation = (stored[split].map(unpack(cut)) for split in ("train", "eval"))
