@@ -208,28 +208,39 @@ def _planned_model(fn_args: FnArgs, config: TrainerConfig, contract: DataContrac
     return model, replace(contract, task=resolve_head_output(model, contract.task, config.head_output))
 
 
-def _example_feed(fn_args: FnArgs, config: TrainerConfig, schema, contract: DataContract, schedule: PhaseSchedule
-                  ) -> ExampleFeed:
-    """The training and evaluation examples, with a feature cache when a phase of the schedule uses one."""
+def training_examples(fn_args: FnArgs, config: TrainerConfig, schema, contract: DataContract
+                      ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training and evaluation examples, unbatched, their labels as the task's loss takes them."""
     prepare_labels = contract.task.prepare_labels
 
     def examples(files: list[str]) -> tf.data.Dataset:
         return _labeled_examples(fn_args, files, schema, contract.inputs, contract.label_key).map(
             lambda x, y: (x, prepare_labels(y[None])[0]))
 
-    train_examples, eval_examples = examples(fn_args.train_files), examples(fn_args.eval_files)
+    eval_examples = examples(fn_args.eval_files)
     if fn_args.eval_steps:  # TFX's eval_args.num_steps: that many batches of evaluation
         eval_examples = eval_examples.take(fn_args.eval_steps * config.batch_size)
+    return examples(fn_args.train_files), eval_examples
+
+
+def data_fingerprint(fn_args: FnArgs) -> str:
+    """What cached features depend on besides the model: the example files and the Transform graph."""
+    return files_fingerprint([*([fn_args.transform_output] if fn_args.transform_output else []),
+                              *fn_args.train_files, *fn_args.eval_files])
+
+
+def _example_feed(fn_args: FnArgs, config: TrainerConfig, schema, contract: DataContract, schedule: PhaseSchedule
+                  ) -> ExampleFeed:
+    """The training and evaluation examples, with a feature cache when a phase of the schedule uses one."""
     feature_cache = None
     if schedule.caches:
-        sources = [*([fn_args.transform_output] if fn_args.transform_output else []), *fn_args.train_files,
-                   *fn_args.eval_files]
         feature_cache = FeatureCache(
-            files_fingerprint(sources),
+            data_fingerprint(fn_args),
             spill_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
             memory_budget_bytes=config.feature_cache_memory_mb << 20,
         )
-    return ExampleFeed(train_examples, eval_examples, config.batch_size, config.seed, feature_cache)
+    return ExampleFeed(*training_examples(fn_args, config, schema, contract), config.batch_size, config.seed,
+                       feature_cache)
 
 
 def _checkpoint_dir(fn_args: FnArgs) -> str:

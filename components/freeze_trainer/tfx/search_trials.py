@@ -23,14 +23,14 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from freeze_trainer.keras.distribution import choose_strategy
 from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
+from freeze_trainer.keras.feature_cache import FeatureCache
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
 from freeze_trainer.keras.shared_phases import (
     PhaseState, RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
 )
 from freeze_trainer.keras.training import train_with_proof
-from freeze_trainer.tfx.run_fn import _labeled_examples, data_contract, examples_schema
+from freeze_trainer.tfx.run_fn import data_contract, data_fingerprint, examples_schema, training_examples
 from freeze_trainer.tfx.search_space import trial_config
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from freeze_trainer.tfx.trainer_model import bind_inputs, build_from_config
@@ -56,9 +56,7 @@ class SearchTrials:
         self.fn_args, self.base, self.working_dir = fn_args, base, working_dir
         self.tft_output = tft.TFTransformOutput(fn_args.transform_output) if fn_args.transform_output else None
         self.schema = examples_schema(fn_args, self.tft_output)
-        sources = [*([fn_args.transform_output] if fn_args.transform_output else []), *fn_args.train_files,
-                   *fn_args.eval_files]
-        self.data_fingerprint = files_fingerprint(sources)
+        self.data_fingerprint = data_fingerprint(fn_args)
         base_config = TrainerConfig.from_parameters(**base)
         self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"),
                                           memory_budget_bytes=base_config.feature_cache_memory_mb << 20)
@@ -66,18 +64,6 @@ class SearchTrials:
 
     def close(self) -> None:
         self.feature_cache.close()
-
-    def _examples(self, config: TrainerConfig, contract) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        prepare = contract.task.prepare_labels
-
-        def examples(files: list[str]) -> tf.data.Dataset:
-            return _labeled_examples(self.fn_args, files, self.schema, contract.inputs, contract.label_key).map(
-                lambda x, y: (x, prepare(y[None])[0]))
-
-        evaluation = examples(self.fn_args.eval_files)
-        if self.fn_args.eval_steps:
-            evaluation = evaluation.take(self.fn_args.eval_steps * config.batch_size)
-        return examples(self.fn_args.train_files), evaluation
 
     def _context(self, config: TrainerConfig, steps_per_epoch: int | None) -> str:
         """What the first phase's result depends on besides its plan: every parameter but the policy's
@@ -100,7 +86,7 @@ class SearchTrials:
             contract = bind_inputs(config, contract, model, from_module=False)
             plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
             optimizer = build_phase_optimizer(model, plans)
-        train, evaluation = self._examples(config, contract)
+        train, evaluation = training_examples(self.fn_args, config, self.schema, contract)
         cache = self.feature_cache if config.feature_cache == "auto" else None
         feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, cache)
         total_epochs = sum(plan.epochs or 0 for plan in plans)
