@@ -32,14 +32,14 @@ MODES = {"uncached": None, "cached in memory": 1024, "cached on disk": 0}  # mem
 def train_once(mode: str, epochs: int, examples: int, image_size: int, batch_size: int, loop: str) -> dict:
     import tensorflow as tf
 
-    from freeze_trainer.keras.backbones import build_backbone
-    from freeze_trainer.keras.classifier_model import build_classifier
-    from freeze_trainer.keras.example_feed import ExampleFeed
-    from freeze_trainer.keras.feature_cache import FeatureCache
-    from freeze_trainer.keras.fit_training import train_with_fit
-    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.models.backbones import build_backbone
+    from freeze_trainer.keras.models.classifier_model import build_classifier
+    from freeze_trainer.keras.data.example_feed import ExampleFeed
+    from freeze_trainer.keras.data.feature_cache import FeatureCache
+    from freeze_trainer.keras.training.fit_training import train_with_fit
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
     from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY
-    from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+    from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 
     tf.keras.utils.set_random_seed(0)
     shape = (image_size, image_size, 3)

@@ -49,13 +49,13 @@ from freeze_trainer.cli.terminal import QuietCommand, quiet_terminal  # noqa: E4
 with quiet_terminal(verbose="--verbose" in sys.argv):  # TensorFlow's start-up lines, before main's own log
     import tensorflow as tf
 
-    from freeze_trainer.keras.backbones import build_backbone
-    from freeze_trainer.keras.classifier_model import backbone_of, build_classifier
-    from freeze_trainer.keras.example_feed import ExampleFeed, endless_batches
-    from freeze_trainer.keras.feature_cache import FeatureCache
-    from freeze_trainer.keras.fit_training import train_with_fit
-    from freeze_trainer.keras.freeze_plan import plan_policy
-    from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+    from freeze_trainer.keras.models.backbones import build_backbone
+    from freeze_trainer.keras.models.classifier_model import backbone_of, build_classifier
+    from freeze_trainer.keras.data.example_feed import ExampleFeed, endless_batches
+    from freeze_trainer.keras.data.feature_cache import FeatureCache
+    from freeze_trainer.keras.training.fit_training import train_with_fit
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
+    from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
     from freeze_trainer.policy.freeze_policy import policy_from_dict
     from pipelines.digits_data import TARGET_DIGITS
     from pipelines.pretrain_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, digit_split

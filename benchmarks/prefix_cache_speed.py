@@ -44,15 +44,15 @@ def train_once(mode: str, epochs: int, examples: int, image_size: int, batch_siz
     import numpy as np
     import tensorflow as tf
 
-    from freeze_trainer.keras.backbones import build_backbone
-    from freeze_trainer.keras.classifier_model import build_classifier
-    from freeze_trainer.keras.example_feed import ExampleFeed
-    from freeze_trainer.keras.feature_cache import FeatureCache
-    from freeze_trainer.keras.fit_training import train_with_fit
-    from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy
-    from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
-    from freeze_trainer.keras.prefix_cache import PrefixFeed
-    from freeze_trainer.keras.prefix_cut import find_cut
+    from freeze_trainer.keras.models.backbones import build_backbone
+    from freeze_trainer.keras.models.classifier_model import build_classifier
+    from freeze_trainer.keras.data.example_feed import ExampleFeed
+    from freeze_trainer.keras.data.feature_cache import FeatureCache
+    from freeze_trainer.keras.training.fit_training import train_with_fit
+    from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
+    from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
+    from freeze_trainer.keras.data.prefix_cache import PrefixFeed
+    from freeze_trainer.keras.planning.prefix_cut import find_cut
     from freeze_trainer.policy.freeze_policy import policy_from_dict
     from freeze_trainer.tfx.trainer_config import TrainerConfig
 

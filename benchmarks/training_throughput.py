@@ -27,12 +27,12 @@ from freeze_trainer.cli.terminal import QuietCommand, quiet_terminal  # noqa: E4
 with quiet_terminal(verbose="--verbose" in sys.argv):  # TensorFlow's start-up lines, before main's own log
     import tensorflow as tf
 
-    from freeze_trainer.keras.backbones import build_backbone
-    from freeze_trainer.keras.classifier_model import build_classifier
-    from freeze_trainer.keras.fit_training import train_with_fit
-    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.models.backbones import build_backbone
+    from freeze_trainer.keras.models.classifier_model import build_classifier
+    from freeze_trainer.keras.training.fit_training import train_with_fit
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
     from freeze_trainer.policy.freeze_policy import policy_from_dict
-    from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+    from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
     from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
 
 FROZEN = [{"freeze": {"base": True}}]

@@ -20,10 +20,10 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
-from freeze_trainer.keras.classifier_model import build_classifier  # noqa: E402
-from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
-from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.keras.models.backbones import build_backbone  # noqa: E402
+from freeze_trainer.keras.models.classifier_model import build_classifier  # noqa: E402
+from freeze_trainer.keras.training.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.planning.freeze_plan import plan_policy  # noqa: E402
 from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, FreezePolicy  # noqa: E402
 from freeze_trainer.tfx.image_transform import decode_images  # noqa: E402
 from pipelines.demo_backbone import ALPHA, BACKBONE_NAME, DEFAULT_BACKBONE_PATH, IMAGE_SIZE, transfer_report_path  # noqa: E402

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import build_backbone
-from freeze_trainer.keras.classifier_model import build_classifier, declare_head
+from freeze_trainer.keras.models.backbones import build_backbone
+from freeze_trainer.keras.models.classifier_model import build_classifier, declare_head
 
 SHAPE = (32, 32, 3)
 

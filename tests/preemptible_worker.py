@@ -19,13 +19,13 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from freeze_trainer.keras.backbones import build_backbone  # noqa: E402
-from freeze_trainer.keras.classifier_model import build_classifier  # noqa: E402
-from freeze_trainer.keras.example_feed import ExampleFeed  # noqa: E402
-from freeze_trainer.keras.fit_training import train_with_fit  # noqa: E402
-from freeze_trainer.keras.freeze_plan import plan_policy  # noqa: E402
+from freeze_trainer.keras.models.backbones import build_backbone  # noqa: E402
+from freeze_trainer.keras.models.classifier_model import build_classifier  # noqa: E402
+from freeze_trainer.keras.data.example_feed import ExampleFeed  # noqa: E402
+from freeze_trainer.keras.training.fit_training import train_with_fit  # noqa: E402
+from freeze_trainer.keras.planning.freeze_plan import plan_policy  # noqa: E402
 from freeze_trainer.policy.freeze_policy import policy_from_dict  # noqa: E402
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape  # noqa: E402
 from tests.model_builders import SHAPE, random_images  # noqa: E402
 
 POLICY = {

@@ -296,7 +296,7 @@ def test_a_huge_image_is_refused_by_the_served_model(serving):
 
 
 def test_a_weights_file_that_does_not_fit_fails_at_start_up_in_one_line(tmp_path):
-    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.keras.models.backbones import BackboneError
     from freeze_trainer.tfx.trainer_config import TrainerConfig
     from freeze_trainer.tfx.trainer_model import plan_for_config
 

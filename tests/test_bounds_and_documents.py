@@ -46,7 +46,7 @@ def test_freeze_trainer_refuses_a_negative_seed_when_the_pipeline_is_defined():
 
 def test_an_effective_rate_past_the_bounds_is_refused_at_plan_time_naming_the_rule():
     """Was: multiplier 1e4 on a head rate of 10 trained at 1e5; the loss reached 14,565 and the proof passed."""
-    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
     from tests.model_builders import tiny_classifier
 
     policy = parse_policy(json.dumps({"version": 1, "phases": [{
@@ -59,7 +59,7 @@ def test_an_effective_rate_past_the_bounds_is_refused_at_plan_time_naming_the_ru
 
 
 def test_a_loss_that_rises_past_100x_its_first_epoch_fails_the_phase_as_diverged():
-    from freeze_trainer.keras.freeze_proof import FreezeCheck, FreezeViolation, LossRise, raise_on_violation
+    from freeze_trainer.keras.training.freeze_proof import FreezeCheck, FreezeViolation, LossRise, raise_on_violation
     from tests.model_builders import tiny_classifier
 
     rise = LossRise()
@@ -192,7 +192,7 @@ def test_a_regex_that_would_backtrack_for_minutes_is_refused_in_milliseconds(pat
 
 
 def test_ordinary_selector_regexes_still_plan():
-    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
     from tests.model_builders import tiny_classifier
 
     for pattern in ("conv_.*", "conv_[ab]|bn", r"(conv)_\w+", r"c\w{1,5}_b"):
@@ -202,7 +202,7 @@ def test_ordinary_selector_regexes_still_plan():
 
 def test_a_keras_file_whose_config_inflates_past_the_cap_is_refused_before_inflating(tmp_path):
     """Was: a 1.3 MB `.keras` whose config.json inflates to 1.34 GB was read whole: 43 s, 3.2 GB."""
-    from freeze_trainer.keras.model_files import MAX_MEMBER_BYTES, ModelFileError, read_config
+    from freeze_trainer.keras.models.model_files import MAX_MEMBER_BYTES, ModelFileError, read_config
 
     path = tmp_path / "bomb.keras"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import backbone_of
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy
+from freeze_trainer.keras.models.classifier_model import backbone_of
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
 from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, parse_policy
-from freeze_trainer.keras.freeze_proof import FreezeViolation, check_phase, raise_on_violation, snapshot
+from freeze_trainer.keras.training.freeze_proof import FreezeViolation, check_phase, raise_on_violation, snapshot
 from tests.model_builders import classifier, random_images, tiny_classifier
 
 

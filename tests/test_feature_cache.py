@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import backbone_of, feature_extractor
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache, cache_key, files_fingerprint
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.models.classifier_model import backbone_of, feature_extractor
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.data.feature_cache import FeatureCache, cache_key, files_fingerprint
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, policy_from_dict
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from tests.model_builders import classifier, random_images
 
 # The cache serves `head` and `head_again`; `top` trains a backbone block, so `head_again` needs features

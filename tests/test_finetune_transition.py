@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import backbone_of, build_classifier
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import build_phase_optimizer, newly_trainable_variables
-from freeze_trainer.keras.plan_report import format_plan
+from freeze_trainer.keras.models.classifier_model import backbone_of, build_classifier
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer, newly_trainable_variables
+from freeze_trainer.keras.planning.plan_report import format_plan
 from freeze_trainer.policy.freeze_policy import PolicyError, Warmup, parse_policy, policy_from_dict
 from tests.model_builders import SHAPE, random_images
 
@@ -424,11 +424,11 @@ sys.path.insert(0, sys.argv[1])
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from freeze_trainer.keras.distribution import choose_strategy
-from freeze_trainer.keras.classifier_model import backbone_of
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.models.classifier_model import backbone_of
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from tests.test_finetune_transition import _tiny, _data, _adam_deltas
 strategy = choose_strategy("mirrored")

@@ -5,8 +5,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import HEAD_LAYER_NAMES, backbone_of
-from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy, policy_layers
+from freeze_trainer.keras.models.classifier_model import HEAD_LAYER_NAMES, backbone_of
+from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy, policy_layers
 from freeze_trainer.policy.freeze_policy import FROZEN_BASE_POLICY, PolicyError, parse_policy
 from tests.model_builders import classifier
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import build_backbone
-from freeze_trainer.keras.classifier_model import build_classifier
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.models.backbones import build_backbone
+from freeze_trainer.keras.models.classifier_model import build_classifier
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import parse_policy
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from tests.model_builders import SHAPE, random_images
 
 POLICY = {

@@ -11,9 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from freeze_trainer.keras.backbones import BackboneError, build_backbone
-from freeze_trainer.keras.classifier_model import build_classifier
-from freeze_trainer.keras.model_files import ModelFileError, load_model_file
+from freeze_trainer.keras.models.backbones import BackboneError, build_backbone
+from freeze_trainer.keras.models.classifier_model import build_classifier
+from freeze_trainer.keras.models.model_files import ModelFileError, load_model_file
 from tests.conftest import REPO_ROOT
 
 RESAVE = ("re-save it with tf-keras: rebuild the model with TF_USE_LEGACY_KERAS=1 set before TensorFlow is imported, "
@@ -69,7 +69,7 @@ def test_a_keras3_layer_without_a_tf_keras_twin_is_refused_in_one_line(keras3_fi
 
 def test_a_keras3_call_on_a_missing_call_is_refused_rather_than_left_to_loop(tmp_path):
     """tf-keras re-queues a call whose input does not exist yet, forever: such a reference is refused first."""
-    from freeze_trainer.keras.keras3_files import Keras3MappingError, tf_keras_config
+    from freeze_trainer.keras.models.keras3_files import Keras3MappingError, tf_keras_config
 
     tensor = {"class_name": "__keras_tensor__", "config": {"keras_history": ["features", 0, 0]}}
     dense = {"module": "keras.layers", "class_name": "Dense", "name": "d", "config": {"name": "d", "units": 1},

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
 
 
 def _steps(optimizer, variable, gradients):

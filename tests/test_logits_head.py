@@ -16,9 +16,9 @@ from sklearn.datasets import load_wine
 
 from freeze_trainer import parse_policy
 from freeze_trainer.keras import plan_policy, train_with_proof
-from freeze_trainer.keras.classifier_model import HeadError, declare_head, resolve_head_output
-from freeze_trainer.keras.freeze_proof import FreezeViolation
-from freeze_trainer.keras.tasks import Task
+from freeze_trainer.keras.models.classifier_model import HeadError, declare_head, resolve_head_output
+from freeze_trainer.keras.training.freeze_proof import FreezeViolation
+from freeze_trainer.keras.models.tasks import Task
 from pipelines.run_summary import summarize_latest_run
 from tests.conftest import REPO_ROOT, run_local_runner
 

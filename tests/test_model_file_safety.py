@@ -12,8 +12,8 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from freeze_trainer.cli.policy_cli import main as policy_cli
-from freeze_trainer.keras.backbones import BackboneError, build_backbone
-from freeze_trainer.keras.model_files import ALLOWED_ACTIVATIONS, ALLOWED_CLASSES
+from freeze_trainer.keras.models.backbones import BackboneError, build_backbone
+from freeze_trainer.keras.models.model_files import ALLOWED_ACTIVATIONS, ALLOWED_CLASSES
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from freeze_trainer.tfx.trainer_model import build_from_config, planning_contract
 from pipelines.pretrain_backbone import DEFAULT_BACKBONE_PATH

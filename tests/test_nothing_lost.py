@@ -24,10 +24,10 @@ import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.plan_picture import draw_plan, plan_figure
-from freeze_trainer.keras.training_checkpoints import Progress, TrainingCheckpoints
-from freeze_trainer.keras.training_curves import curves_figure
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.planning.plan_picture import draw_plan, plan_figure
+from freeze_trainer.keras.training.training_checkpoints import Progress, TrainingCheckpoints
+from freeze_trainer.keras.training.training_curves import curves_figure
 from freeze_trainer.policy import policy_from_dict
 from freeze_trainer.tfx import pusher
 from freeze_trainer.tfx.resume import CHECKPOINTS, RESUME_KEY, adopted_checkpoints

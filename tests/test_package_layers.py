@@ -12,6 +12,8 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, "components", "freeze_trainer")
 LAYERS = ["policy", "keras", "tfx", "cli"]
+# The keras layer by concern, lowest first: a model is built, a policy planned on it, data fed, phases trained.
+KERAS_CONCERNS = ["models", "planning", "data", "training"]
 # Third-party packages a layer must not import, on top of the layers above it.
 FORBIDDEN = {"policy": {"tensorflow", "tf_keras", "keras", "tfx", "tensorflow_transform", "numpy"},
              "keras": {"tfx", "tensorflow_transform", "tensorflow_model_analysis", "tfx_bsl"}}
@@ -29,18 +31,38 @@ def _imports(path: str) -> set[str]:
     return names
 
 
+def _offending_imports(folder: str, above: set[str], forbidden: set[str]) -> list[str]:
+    offending = []
+    for path in _python_files(folder):
+        for imported in _imports(path):
+            if any(imported == a or imported.startswith(a + ".") for a in above) or imported.split(".")[0] in forbidden:
+                offending.append(f"{os.path.relpath(path, PACKAGE)} imports {imported}")
+    return offending
+
+
 @pytest.mark.parametrize("layer", LAYERS)
 def test_each_layer_imports_nothing_from_the_layers_above_it(layer):
     above = {f"freeze_trainer.{name}" for name in LAYERS[LAYERS.index(layer) + 1:]}
-    folder = os.path.join(PACKAGE, layer)
-    offending = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            for imported in _imports(os.path.join(folder, name)):
-                top = imported.split(".")[0]
-                if any(imported == a or imported.startswith(a + ".") for a in above) or top in FORBIDDEN.get(layer, ()):
-                    offending.append(f"{layer}/{name} imports {imported}")
-    assert not offending
+    assert not _offending_imports(os.path.join(PACKAGE, layer), above, FORBIDDEN.get(layer, set()))
+
+
+@pytest.mark.parametrize("concern", KERAS_CONCERNS)
+def test_each_keras_concern_imports_nothing_from_the_concerns_above_it(concern):
+    above = {f"freeze_trainer.keras.{name}" for name in KERAS_CONCERNS[KERAS_CONCERNS.index(concern) + 1:]}
+    assert not _offending_imports(os.path.join(PACKAGE, "keras", concern), above, set())
+
+
+def test_keras_modules_outside_the_concerns_are_process_settings_that_import_no_concern():
+    """The keras layer's own top level holds only what every concern may use (the strategy, the autograph
+    setting) and the public API in `__init__`."""
+    folder = os.path.join(PACKAGE, "keras")
+    loose = sorted(name for name in os.listdir(folder) if name.endswith(".py") and name != "__init__.py")
+    assert loose == ["distribution.py", "tf_keras_autograph.py"]
+    concerns = {f"freeze_trainer.keras.{name}" for name in KERAS_CONCERNS}
+    assert not [f"{name} imports {imported}" for name in loose for imported in _imports(os.path.join(folder, name))
+                if any(imported.startswith(c) for c in concerns)]
+    assert sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))
+                  and name != "__pycache__") == sorted(KERAS_CONCERNS)
 
 
 MAX_FUNCTION_LINES = 60

@@ -4,7 +4,7 @@ use, which the loops, the progress line and every report read."""
 import json
 
 from freeze_trainer.keras import plan_policy
-from freeze_trainer.keras.phase_schedule import POOLED_FEATURES, build_schedule
+from freeze_trainer.keras.planning.phase_schedule import POOLED_FEATURES, build_schedule
 from freeze_trainer.policy.freeze_policy import parse_policy
 from freeze_trainer.tfx.run_report import report_data
 from freeze_trainer.tfx.trainer_config import TrainerConfig

@@ -10,10 +10,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import parse_policy
-from freeze_trainer.keras.plan_picture import DPI, picture_size
-from freeze_trainer.keras.plan_report import format_lr, format_plan, format_plan_groups
+from freeze_trainer.keras.planning.plan_picture import DPI, picture_size
+from freeze_trainer.keras.planning.plan_report import format_lr, format_plan, format_plan_groups
 from freeze_trainer.cli.policy_cli import main
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 from tests.model_builders import tiny_classifier
@@ -279,7 +279,7 @@ def test_the_plan_of_a_non_image_base_states_its_input_shapes(tmp_path):
 def test_a_model_with_several_inputs_states_each_input_shape():
     import tensorflow as tf
 
-    from freeze_trainer.keras.plan_report import format_inputs, input_shapes
+    from freeze_trainer.keras.planning.plan_report import format_inputs, input_shapes
     from freeze_trainer.tfx.trainer_model import planning_model
 
     def build_model(config, contract):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy, policy_layers
+from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy, policy_layers
 from freeze_trainer.policy.freeze_policy import PolicyError, parse_policy
 from tests.model_builders import tiny_classifier
 

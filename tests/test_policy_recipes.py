@@ -5,8 +5,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import parse_policy
 from tests.model_builders import classifier, random_images
 

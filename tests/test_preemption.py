@@ -11,11 +11,11 @@ import time
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import backbone_of
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
+from freeze_trainer.keras.models.classifier_model import backbone_of
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import policy_from_dict
-from freeze_trainer.keras.freeze_proof import FreezeViolation
+from freeze_trainer.keras.training.freeze_proof import FreezeViolation
 from tests.model_builders import random_images, tiny_classifier
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preemptible_worker.py")

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import declare_head, feature_extractor
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import apply_plan, plan_policy
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
-from freeze_trainer.keras.phase_schedule import build_schedule
-from freeze_trainer.keras.prefix_cache import PrefixFeed
-from freeze_trainer.keras.prefix_cut import find_cut, live_model, prefix_model
+from freeze_trainer.keras.models.classifier_model import declare_head, feature_extractor
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.planning.phase_schedule import build_schedule
+from freeze_trainer.keras.data.prefix_cache import PrefixFeed
+from freeze_trainer.keras.planning.prefix_cut import find_cut, live_model, prefix_model
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from tests.model_builders import SHAPE, classifier, random_images
 

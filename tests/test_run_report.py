@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from freeze_trainer.keras.training_curves import curve_names, read_history
+from freeze_trainer.keras.training.training_curves import curve_names, read_history
 from freeze_trainer.tfx.run_report import CURVES_PICTURE, HISTORY_FILE, REPORT_ASSET, REPORT_DATA_ASSET
 from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR
 

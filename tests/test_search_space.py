@@ -207,7 +207,7 @@ def test_parsing_a_space_and_its_schema_never_import_tensorflow():
 
 
 def test_the_objectives_are_the_metrics_the_tasks_record():
-    from freeze_trainer.keras.tasks import Task
+    from freeze_trainer.keras.models.tasks import Task
 
     recorded = {"loss"} | {metric.name for task in DEFAULT_OBJECTIVES for metric in Task(task).metrics()}
     assert recorded == set(OBJECTIVE_METRICS)

@@ -1,15 +1,15 @@
-"""Trials sharing a first phase (keras/shared_phases.py): a trial started from another's first-phase state
+"""Trials sharing a first phase (keras/training/shared_phases.py): a trial started from another's first-phase state
 ends exactly as if it had trained that phase itself, and the key tells apart what the phase depends on."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import build_classifier
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
-from freeze_trainer.keras.shared_phases import (
+from freeze_trainer.keras.models.classifier_model import build_classifier
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.training.shared_phases import (
     RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
 )
 from freeze_trainer.policy.freeze_policy import policy_from_dict

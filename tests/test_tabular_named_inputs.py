@@ -249,7 +249,7 @@ def test_without_a_transform_named_inputs_read_raw_features_and_warm_start(tmp_p
 
 
 def test_a_saved_base_of_another_shape_is_named_with_every_input(tmp_path):
-    from freeze_trainer.keras.backbones import BackboneError, build_backbone
+    from freeze_trainer.keras.models.backbones import BackboneError, build_backbone
 
     columns = _columns()
     _base(columns).save(tmp_path / "base.keras")

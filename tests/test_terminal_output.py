@@ -12,11 +12,11 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from tests.conftest import REPO_ROOT
 from tests.model_builders import random_images, tiny_classifier

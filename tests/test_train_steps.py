@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from freeze_trainer.keras import plan_policy, train_with_proof
-from freeze_trainer.keras.phase_runner import build_phase_optimizer, remaining_epochs
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer, remaining_epochs
 from freeze_trainer.policy.freeze_policy import parse_policy
 from tests.model_builders import dense_classifier
 

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from freeze_trainer import parse_policy
 from freeze_trainer.keras import build_classifier, plan_policy, train_with_proof
-from freeze_trainer.keras.tasks import Task
+from freeze_trainer.keras.models.tasks import Task
 from pipelines.digits_data import DIGIT_NAMES, TARGET_DIGITS, load_digit_pngs, to_example, write_digits_examples
 from pipelines.run_summary import summarize_latest_run
 from tests.conftest import REPO_ROOT, run_local_runner

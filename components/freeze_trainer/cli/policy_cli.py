@@ -25,8 +25,8 @@ def plan_policy_text(
 ) -> tuple[list, dict[str, list[int | None]]]:
     """Validates everything a trainer would check before reading data; raises its errors. Returns the plans
     and the planned model's input shapes. Builds the backbone, so TensorFlow is imported here and only here."""
-    from freeze_trainer.keras.freeze_plan import plan_policy
-    from freeze_trainer.keras.plan_report import input_shapes
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
+    from freeze_trainer.keras.planning.plan_report import input_shapes
     from freeze_trainer.tfx.trainer_model import planning_model
 
     config = TrainerConfig.from_parameters(
@@ -94,7 +94,7 @@ def _planned(kwargs: dict, inputs: dict[str, list[int | None]]) -> dict:
 
 
 def _planned_line(planned: dict) -> str:
-    from freeze_trainer.keras.plan_report import format_inputs, format_lr
+    from freeze_trainer.keras.planning.plan_report import format_inputs, format_lr
 
     model = planned["backbone"] + (f" alpha {planned['alpha']:g}" if planned["alpha"] is not None else "")
     weights = "" if planned["backbone_weights"] == "none" else f" ({planned['backbone_weights']})"
@@ -116,10 +116,10 @@ def _planned_line(planned: dict) -> str:
 def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> None:
     """Print every phase by group: layers, state, BatchNorm mode, learning rates, parameters, what changed
     from the phase before, and the totals. Runs of three or more alike groups share a row."""
-    from freeze_trainer.keras.plan_report import format_plan, format_plan_groups, plan_dict
+    from freeze_trainer.keras.planning.plan_report import format_plan, format_plan_groups, plan_dict
 
     if picture:
-        from freeze_trainer.keras.plan_picture import check_picture_path
+        from freeze_trainer.keras.planning.plan_picture import check_picture_path
 
         try:
             check_picture_path(picture)
@@ -135,7 +135,7 @@ def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> N
     else:
         click.echo("\n".join([_planned_line(planned), "", *format_plan_groups(plans)]))
     if picture:
-        from freeze_trainer.keras.plan_picture import draw_plan
+        from freeze_trainer.keras.planning.plan_picture import draw_plan
 
         draw_plan(plans, picture, title=_planned_line(planned))
         echo_error(f"plan picture: {picture}")
@@ -153,7 +153,7 @@ def validate(**kwargs) -> None:
             raise click.ClickException(str(err)) from None
         click.echo(f"valid: {len(policy.resolved_phases())} phase(s); plan it with --backbone to check its selectors")
         return
-    from freeze_trainer.keras.plan_report import phase_summary
+    from freeze_trainer.keras.planning.plan_report import phase_summary
 
     plans, _ = _plans_or_exit(**kwargs)
     click.echo(f"valid: {len(plans)} phase(s)")
@@ -185,7 +185,7 @@ def search(space: str, base_policy: str | None, **kwargs) -> None:
     """List the trials a search space would run, after checking it without data: every key exists and is
     per-run, every value passes the trainer's and the policy's bounds, every combination plans (a range by
     its two ends)."""
-    from freeze_trainer.keras.backbones import BackboneError
+    from freeze_trainer.keras.models.backbones import BackboneError
     from freeze_trainer.tfx.search_space import SearchSpaceError, format_values, plan_combinations, read_search_space
     from freeze_trainer.tfx.trainer_config import ConfigError
 

@@ -29,10 +29,10 @@ The model is a pretrained base, nested as one Keras model, under a new head name
 [('head', True, ()), ('top', True, ())]
 """
 
-from freeze_trainer.keras.classifier_model import build_classifier
-from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, plan_policy
-from freeze_trainer.keras.freeze_proof import FreezeCheck, FreezeViolation
-from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.keras.models.classifier_model import build_classifier
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan, VariableSplit, apply_plan, plan_policy
+from freeze_trainer.keras.training.freeze_proof import FreezeCheck, FreezeViolation
+from freeze_trainer.keras.training.with_proof import train_with_proof
 
 __all__ = [
     "FreezeCheck",

@@ -16,7 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.tasks import Task
+from freeze_trainer.keras.models.tasks import Task
 from freeze_trainer.tfx.trainer_config import ConfigError, TrainerConfig
 
 

@@ -24,16 +24,16 @@ from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from freeze_trainer.keras.backbones import is_saved_backbone
-from freeze_trainer.keras.classifier_model import resolve_head_output
+from freeze_trainer.keras.models.backbones import is_saved_backbone
+from freeze_trainer.keras.models.classifier_model import resolve_head_output
 from freeze_trainer.keras.distribution import choose_strategy, is_chief
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache, files_fingerprint
-from freeze_trainer.keras.freeze_plan import plan_policy
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
-from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
-from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.data.feature_cache import FeatureCache, files_fingerprint
+from freeze_trainer.keras.planning.freeze_plan import plan_policy
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, build_schedule
+from freeze_trainer.keras.training.with_proof import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
 from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, USER_CODE_KEY, trainer_config
 from freeze_trainer.tfx.run_report import HISTORY_FILE, write_run_report

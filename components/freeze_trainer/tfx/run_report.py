@@ -24,11 +24,11 @@ import yaml
 from absl import logging
 
 from freeze_trainer.keras.distribution import is_chief
-from freeze_trainer.keras.freeze_plan import PhasePlan
-from freeze_trainer.keras.plan_picture import plan_figure
-from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
-from freeze_trainer.keras.plan_report import format_lr, format_plan_groups, phase_summary
-from freeze_trainer.keras.training_curves import curves_figure, read_history
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.planning.plan_picture import plan_figure
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, build_schedule
+from freeze_trainer.keras.planning.plan_report import format_lr, format_plan_groups, phase_summary
+from freeze_trainer.keras.training.training_curves import curves_figure, read_history
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
 REPORT_ASSET = "report.html"

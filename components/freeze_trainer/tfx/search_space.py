@@ -45,7 +45,7 @@ from freeze_trainer.tfx.trainer_config import (
     apply_hyperparameters,
 )
 
-# The metrics a trained model records (keras/tasks.py: every task's metrics, and the loss), each also as
+# The metrics a trained model records (keras/models/tasks.py: every task's metrics, and the loss), each also as
 # `val_<name>` on the validation data; a lower loss or squared error is better, a higher anything else.
 OBJECTIVE_METRICS = ("loss", "accuracy", "auc", "mse")
 _LOWER_IS_BETTER = ("loss", "mse")
@@ -324,7 +324,7 @@ def plan_combinations(space: SearchSpace, base: dict[str, Any], input_shape: tup
     combination with its phase plans. A value that fails alone is named by its key; a combination by its
     values. Imports TensorFlow and builds the model once per set of the parameters it depends on, kept in
     `models` (pass one dict to share them between calls with the same `input_shape` and `num_classes`)."""
-    from freeze_trainer.keras.freeze_plan import plan_policy
+    from freeze_trainer.keras.planning.freeze_plan import plan_policy
     from freeze_trainer.tfx.trainer_model import planning_model
 
     models = {} if models is None else models

@@ -4,7 +4,7 @@ Each trial trains as FreezeTrainer would with the trial's values applied (`trial
 `hyperparameters` artifact applies them): the model the parameters describe, the policy's plan, either
 loop, the freeze proof of every phase. What trials share: the examples' schema and files, one
 FeatureCache (its key covers the frozen extractor's weights, so every trial that trains on the same
-frozen base reads the features computed once), and the first phase's result (keras/shared_phases.py):
+frozen base reads the features computed once), and the first phase's result (keras/training/shared_phases.py):
 a trial whose first phase resolves as an earlier one's did starts at its second phase from that state.
 """
 
@@ -22,14 +22,14 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from freeze_trainer.keras.distribution import choose_strategy
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
-from freeze_trainer.keras.phase_runner import build_phase_optimizer
-from freeze_trainer.keras.shared_phases import (
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.training.shared_phases import (
     PhaseState, RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
 )
-from freeze_trainer.keras.training import train_with_proof
+from freeze_trainer.keras.training.with_proof import train_with_proof
 from freeze_trainer.tfx.run_fn import data_contract, data_fingerprint, examples_schema, training_examples
 from freeze_trainer.tfx.search_space import trial_config
 from freeze_trainer.tfx.trainer_config import TrainerConfig

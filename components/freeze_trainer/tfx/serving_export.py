@@ -14,7 +14,7 @@ import os
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from freeze_trainer.keras.tasks import Task
+from freeze_trainer.keras.models.tasks import Task
 from freeze_trainer.tfx.data_contract import DataContract
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 

@@ -151,7 +151,7 @@ class TrainerConfig(BaseModel):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from freeze_trainer.keras.backbones import BACKBONES  # TensorFlow: only when a config is validated
+        from freeze_trainer.keras.models.backbones import BACKBONES  # TensorFlow: only when a config is validated
 
         if name not in BACKBONES and name != CUSTOM_BACKBONE:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or {CUSTOM_BACKBONE!r}")
@@ -259,7 +259,7 @@ def check_literal_parameters(**values) -> None:
     literal = {key: value for key, value in values.items() if isinstance(value, (str, int, float))}
     config = TrainerConfig.from_parameters(**literal)
     if "backbone_weights" in literal:
-        from freeze_trainer.keras.backbones import weights_refusal  # TensorFlow, as the backbone validator
+        from freeze_trainer.keras.models.backbones import weights_refusal  # TensorFlow, as the backbone validator
 
         refusal = weights_refusal(config.backbone_weights)
         if refusal:

@@ -19,12 +19,12 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import BackboneError, build_backbone
-from freeze_trainer.keras.classifier_model import (
+from freeze_trainer.keras.models.backbones import BackboneError, build_backbone
+from freeze_trainer.keras.models.classifier_model import (
     HEAD_LAYER_NAMES, HeadError, backbone_of, build_classifier, declare_head, has_head, head_layer_names,
 )
-from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
-from freeze_trainer.keras.tasks import MULTICLASS, Task
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.keras.models.tasks import MULTICLASS, Task
 from freeze_trainer.tfx.data_contract import DataContract, Shape, model_inputs
 from freeze_trainer.policy import PolicyError
 from freeze_trainer.tfx.trainer_config import CUSTOM_BACKBONE, ConfigError, TrainerConfig

@@ -8,7 +8,7 @@ import time
 
 import tensorflow as tf
 
-from freeze_trainer.keras.phase_schedule import ScheduledPhase
+from freeze_trainer.keras.planning.phase_schedule import ScheduledPhase
 
 REDRAW_SECONDS = 0.05  # Progbar's own interval
 

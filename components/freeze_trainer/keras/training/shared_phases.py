@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.freeze_plan import PhasePlan
-from freeze_trainer.keras.freeze_proof import FreezeCheck
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.training_checkpoints import Progress, TrainingCheckpoints
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.training.freeze_proof import FreezeCheck
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.training_checkpoints import Progress, TrainingCheckpoints
 
 
 def can_share_first_phase(plans: list[PhasePlan]) -> bool:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from freeze_trainer.keras.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
-from freeze_trainer.keras.phase_schedule import cache_clause, newly_trainable, phase_length
+from freeze_trainer.keras.planning.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
+from freeze_trainer.keras.planning.phase_schedule import cache_clause, newly_trainable, phase_length
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
 

@@ -13,8 +13,8 @@ from typing import Sequence
 import tensorflow as tf
 from tf_keras.src.engine.base_layer import BaseRandomLayer  # Dropout, GaussianNoise, Random* augmentation
 
-from freeze_trainer.keras.backbones import BackbonePreprocessing
-from freeze_trainer.keras.tasks import MULTICLASS, Task
+from freeze_trainer.keras.models.backbones import BackbonePreprocessing
+from freeze_trainer.keras.models.tasks import MULTICLASS, Task
 
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout", "head_classifier")
 _HEAD_ATTRIBUTE = "_freeze_trainer_head"  # a declared head's layer names, in call order

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from freeze_trainer.keras.classifier_model import feature_extractor
+from freeze_trainer.keras.models.classifier_model import feature_extractor
 from freeze_trainer.keras.distribution import worker_shard
 
 PIECE_BYTES = 64 << 20  # features are kept and spilled in pieces of about this size

@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from freeze_trainer.keras.distribution import is_chief
-from freeze_trainer.keras.freeze_proof import FreezeCheck, Snapshot
+from freeze_trainer.keras.training.freeze_proof import FreezeCheck, Snapshot
 
 CHECKPOINTS_KEPT = 3
 

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import head_on_features
-from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.phase_schedule import ScheduledPhase
+from freeze_trainer.keras.models.classifier_model import head_on_features
+from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.planning.phase_schedule import ScheduledPhase
 
 SHUFFLE_BUFFER = 10_000  # examples, as tfx_bsl's default record shuffle
 

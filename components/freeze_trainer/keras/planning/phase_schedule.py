@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
 from freeze_trainer.policy.freeze_policy import length_text
 
 # The cut of today's feature cache: the whole base, frozen, computed once up to its pooled features.

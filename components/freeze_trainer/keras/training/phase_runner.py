@@ -19,17 +19,17 @@ from typing import Callable
 import tensorflow as tf
 from absl import logging
 
-from freeze_trainer.keras.best_weights import BestWeights, RecordBest
-from freeze_trainer.keras.example_feed import BatchedFeed, ExampleFeed
-from freeze_trainer.keras.freeze_plan import PhasePlan, VariableSplit, apply_plan, policy_layers
-from freeze_trainer.keras.freeze_proof import (
+from freeze_trainer.keras.training.best_weights import BestWeights, RecordBest
+from freeze_trainer.keras.data.example_feed import BatchedFeed, ExampleFeed
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan, VariableSplit, apply_plan, policy_layers
+from freeze_trainer.keras.training.freeze_proof import (
     FreezeCheck, LossRise, check_phase, proven_after_restore, raise_on_violation, snapshot,
 )
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_progress import PhaseProgress, phase_header
-from freeze_trainer.keras.phase_schedule import PhaseSchedule, ScheduledPhase, build_schedule, newly_trainable
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.phase_progress import PhaseProgress, phase_header
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, ScheduledPhase, build_schedule, newly_trainable
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
-from freeze_trainer.keras.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
+from freeze_trainer.keras.training.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
 @dataclass(frozen=True)
 class PhaseCall:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from freeze_trainer.keras.model_files import ModelFileError, checked_config, load_model_file
+from freeze_trainer.keras.models.model_files import ModelFileError, checked_config, load_model_file
 
 _apps = tf.keras.applications
 

@@ -16,10 +16,10 @@ from functools import partial
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.example_feed import ExampleFeed, PhaseData, endless_batches
-from freeze_trainer.keras.feature_cache import FeatureCache
-from freeze_trainer.keras.phase_schedule import ScheduledPhase
-from freeze_trainer.keras.prefix_cut import PrefixCut, find_cut, live_model, prefix_model
+from freeze_trainer.keras.data.example_feed import ExampleFeed, PhaseData, endless_batches
+from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.planning.phase_schedule import ScheduledPhase
+from freeze_trainer.keras.planning.prefix_cut import PrefixCut, find_cut, live_model, prefix_model
 
 
 def packed_prefix(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:

@@ -6,12 +6,12 @@ from typing import Literal
 
 import tensorflow as tf
 
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.fit_training import train_with_fit
-from freeze_trainer.keras.freeze_plan import PhasePlan
-from freeze_trainer.keras.phase_schedule import PhaseSchedule
-from freeze_trainer.keras.freeze_proof import FreezeCheck
-from freeze_trainer.keras.gradient_tape_loop import train_with_gradient_tape
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule
+from freeze_trainer.keras.training.freeze_proof import FreezeCheck
+from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 
 
 def train_with_proof(

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.backbones import architecture_block_pattern, block_groups
-from freeze_trainer.keras.classifier_model import (
+from freeze_trainer.keras.models.backbones import architecture_block_pattern, block_groups
+from freeze_trainer.keras.models.classifier_model import (
     backbone_name_of,
     base_layers,
     head_layers,

@@ -12,9 +12,9 @@ import math
 
 import tensorflow as tf
 
-from freeze_trainer.keras.freeze_plan import PhasePlan
-from freeze_trainer.keras.phase_schedule import PhaseSchedule, build_schedule
-from freeze_trainer.keras.plan_picture import LITERAL_TEXT
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, build_schedule
+from freeze_trainer.keras.planning.plan_picture import LITERAL_TEXT
 
 DPI = 100
 PANEL_WIDTH_IN, HEIGHT_IN = 5.0, 3.4

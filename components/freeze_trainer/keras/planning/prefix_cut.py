@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from tf_keras.src.engine.base_layer import BaseRandomLayer
 
-from freeze_trainer.keras.classifier_model import base_layers
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.models.classifier_model import base_layers
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
 
 
 @dataclass(frozen=True)

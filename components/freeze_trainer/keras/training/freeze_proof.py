@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.classifier_model import head_activation, head_layers, resolved_task
-from freeze_trainer.keras.freeze_plan import PhasePlan
+from freeze_trainer.keras.models.classifier_model import head_activation, head_layers, resolved_task
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
 
 
 class FreezeViolation(RuntimeError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from freeze_trainer.keras.keras3_files import RESAVE_HINT, Keras3MappingError, saved_by_keras3, tf_keras_config
+from freeze_trainer.keras.models.keras3_files import RESAVE_HINT, Keras3MappingError, saved_by_keras3, tf_keras_config
 
 # config.json of the largest keras.applications model (EfficientNetV2L) is ~1 MB; 32 MB leaves room for big
 # custom models and refuses a zip bomb's gigabytes before they are inflated.

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from freeze_trainer.keras.freeze_plan import HEAD_GROUP, PhasePlan
-from freeze_trainer.keras.phase_schedule import phase_length
-from freeze_trainer.keras.plan_report import GroupState, format_lr, group_states, lr_text
+from freeze_trainer.keras.planning.freeze_plan import HEAD_GROUP, PhasePlan
+from freeze_trainer.keras.planning.phase_schedule import phase_length
+from freeze_trainer.keras.planning.plan_report import GroupState, format_lr, group_states, lr_text
 
 PICTURE_FORMATS = (".png", ".svg")
 DPI = 100

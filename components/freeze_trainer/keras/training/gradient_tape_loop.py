@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.freeze_plan import PhasePlan
-from freeze_trainer.keras.freeze_proof import FreezeCheck
-from freeze_trainer.keras.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.phase_runner import PhaseCall, run_phases
-from freeze_trainer.keras.phase_schedule import PhaseSchedule
-from freeze_trainer.keras.tasks import MULTICLASS, Task
+from freeze_trainer.keras.data.example_feed import ExampleFeed
+from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.training.freeze_proof import FreezeCheck
+from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
+from freeze_trainer.keras.training.phase_runner import PhaseCall, run_phases
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule
+from freeze_trainer.keras.models.tasks import MULTICLASS, Task
 
 
 class _Steps:

@@ -1,0 +1,1 @@
+"""Model building: pretrained bases, the classifier head, the task's loss and metrics, and safe model files."""
