@@ -16,6 +16,7 @@ from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.training.phase_runner import build_phase_optimizer, newly_trainable_variables
+from freeze_trainer.keras.planning.phase_schedule import build_schedule
 from freeze_trainer.keras.planning.plan_report import format_plan
 from freeze_trainer.policy.freeze_policy import PolicyError, Warmup, parse_policy, policy_from_dict
 from tests.model_builders import SHAPE, random_images
@@ -293,7 +294,7 @@ RESTORE_POLICY = _phases(
     {"name": "head", "epochs": 1, "rules": [FREEZE_BASE]},
     {"name": "top", "epochs": 3, "restore_best": True, "rules": [FREEZE_BASE, UNFREEZE_B]},
 )
-SCRIPT = {1: 30.0, 2: 0.01, 3: 20.0}  # phase 2 runs epochs 1-3; its second epoch is best
+SCRIPT = {1: 30.0, 2: 0.01, 3: 20.0}  # phase 2 runs the run's epochs 1-3 (from 0); its second is best
 
 
 def _restore_run(loop, script=SCRIPT, policy=RESTORE_POLICY, **kwargs):
@@ -327,7 +328,7 @@ def test_restore_best_returns_to_the_phase_start_when_no_epoch_beats_it(loop):
     """The start's loss is the one the head phase ended with: fine-tuning never ends below the head."""
     model, plans, script, checks, metrics = _restore_run(loop, script={1: 30.0, 2: 20.0, 3: 40.0})
     assert [check.passed for check in checks] == [True, True]
-    assert checks[1].best_epoch == 0
+    assert checks[1].best_epoch == 0  # the head's last epoch: the phase's start
     assert checks[1].unchanged_trainable == ()  # training moved every trainable variable before the restore
     assert metrics["val_loss"] == pytest.approx(script.measured[0])  # what the head phase ended with
     for variable, start in zip(model.variables, script.weights[0]):
@@ -337,7 +338,7 @@ def test_restore_best_returns_to_the_phase_start_when_no_epoch_beats_it(loop):
 def test_restore_best_in_a_first_phase_picks_among_its_epochs():
     policy = _phases({"name": "head", "epochs": 3, "restore_best": True, "rules": [FREEZE_BASE]})
     model, _, script, checks, metrics = _restore_run("fit", script={0: 2.0, 1: 1.5, 2: 3.0}, policy=policy)
-    assert checks[0].passed and checks[0].best_epoch == 2 and metrics["val_loss"] == 1.5
+    assert checks[0].passed and checks[0].best_epoch == 1 and metrics["val_loss"] == 1.5
     for variable, best in zip(model.variables, script.weights[1]):
         np.testing.assert_array_equal(variable.numpy(), best, err_msg=variable.name)
 
@@ -403,7 +404,8 @@ def test_plan_text_and_report_show_the_transition():
     model = _tiny()
     plans = plan_policy(policy, model, 1e-2, 1)
     # What the warm-up ramps and `reset_new` starts fresh: conv_b's variables, not the head's (trained before).
-    assert sorted(v.name for v in newly_trainable_variables(model, plans, 1)) == ["conv_b/bias:0", "conv_b/kernel:0"]
+    new = newly_trainable_variables(model, build_schedule(plans)[1])
+    assert sorted(v.name for v in new) == ["conv_b/bias:0", "conv_b/kernel:0"]
     lines = [line for line in format_plan(plans) if line.startswith("phase ")]
     assert "optimizer state" not in lines[0]
     assert ("; optimizer state reset (every variable starts a fresh Adam); 1 newly trainable "
@@ -477,5 +479,5 @@ def test_fresh_state_warmup_and_restore_best_under_mirrored_strategy():
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     for loop in ("fit", "gradient_tape"):
-        assert out[loop] == {"passed": [True, True], "best_epoch": 1, "steps": 1, "close": True, "agree": True,
+        assert out[loop] == {"passed": [True, True], "best_epoch": 2, "steps": 1, "close": True, "agree": True,
                              "replicas": 2}, loop

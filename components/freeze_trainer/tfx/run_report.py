@@ -60,6 +60,11 @@ def _schedule(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule) -> 
     return build_schedule(plans, feature_cache=config.feature_cache == "auto")
 
 
+def _best_epoch(freeze_report: dict, index: int) -> int | None:
+    checks = freeze_report.get("phases", [])
+    return checks[index].get("best_epoch") if index < len(checks) else None
+
+
 def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, freeze_report: dict,
                 history: list[dict], tensorboard_logdir: str) -> dict:
     """Everything the report shows, as JSON-ready data; `evaluation` stays None until the Pusher adds it.
@@ -77,7 +82,8 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, f
         "phases": [
             {"summary": phase_summary(phase.number, len(plans), phase.plan,
                                       plans[phase.index - 1] if phase.index else None, phase.cache_clause),
-             "length": phase.length_text, "feature_cache": phase.cache_reason}
+             "length": phase.length_text, "feature_cache": phase.cache_reason,
+             "best_epoch": phase.best_epoch_text(_best_epoch(freeze_report, phase.index))}
             for phase in schedule
         ],
         "tensorboard_logdir": tensorboard_logdir,

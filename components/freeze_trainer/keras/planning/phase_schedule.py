@@ -5,10 +5,9 @@ features reads it from here: the phase runner and both loops, the progress line,
 the run report.
 
 Epochs are numbered as Keras numbers them, from 0 across the whole run (`fit`'s `initial_epoch`, the
-history's `epoch` column); a person reads them from 1 (`ScheduledPhase.epoch_text`). A `steps` phase is
-one epoch of that many batches, and is left out when TFX's num_steps is spread over the epochs. The one
-count of its own is a `restore_best` phase's `best_epoch` (best_weights.py): a candidate within the
-phase, from 1, with 0 for the phase's start, which is a candidate too.
+history's `epoch` column, a `restore_best` phase's `best_epoch`); a person reads them from 1
+(`ScheduledPhase.epoch_text`, `best_epoch_text`). A `steps` phase is one epoch of that many batches, and
+is left out when TFX's num_steps is spread over the epochs.
 """
 
 from __future__ import annotations
@@ -73,6 +72,13 @@ class ScheduledPhase:
         """Its epochs from 1, as a person reads them: "epoch 3" or "epochs 1-4"."""
         first, last = self.first_epoch + 1, self.end_epoch
         return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+    def best_epoch_text(self, best_epoch: int | None) -> str:
+        """The epoch a `restore_best` phase ended with, as a person reads it: "epoch 3", "its start"
+        (the previous phase's last epoch) or "-" (the phase does not restore)."""
+        if best_epoch is None:
+            return "-"
+        return "its start" if best_epoch < self.first_epoch else f"epoch {best_epoch + 1}"
 
     def transition(self) -> dict:
         """optimizer_state, warmup, restore_best: how the phase starts from the one before."""

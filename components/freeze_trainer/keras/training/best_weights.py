@@ -20,8 +20,9 @@ MONITOR = "val_loss"
 
 
 class BestRecord(tf.train.experimental.PythonState):
-    """The phase's best so far: its validation loss, its epoch in the phase (0: the phase's start; None:
-    nothing yet) and that epoch's metrics; and the metrics the previous phase ended with."""
+    """The phase's best so far: its validation loss, its epoch (the run's, as Keras numbers it; the
+    previous phase's last epoch for the phase's start; None: nothing yet) and that epoch's metrics; and
+    the metrics the previous phase ended with."""
 
     def __init__(self):
         self.loss, self.epoch, self.logs, self.previous_logs = math.inf, None, {}, {}
@@ -51,16 +52,17 @@ class BestWeights:
         for variable in variables:
             self.trackable.copies[self._index[variable.ref()]].assign(variable)
 
-    def start_phase(self, variables) -> None:
-        """The phase's start is the first candidate, at the loss the previous phase ended with (if any)."""
+    def start_phase(self, variables, first_epoch: int) -> None:
+        """The phase's start is the first candidate, at the loss the previous phase ended with (if any),
+        as the epoch before the phase's `first_epoch`."""
         previous = self.record.previous_logs
         self.record.loss, self.record.epoch, self.record.logs = math.inf, None, {}
         if MONITOR in previous:
             self._keep(variables)
-            self.record.loss, self.record.epoch, self.record.logs = float(previous[MONITOR]), 0, dict(previous)
+            self.record.loss, self.record.epoch, self.record.logs = float(previous[MONITOR]), first_epoch - 1, dict(previous)
 
     def offer(self, epoch: int, logs: dict, variables) -> bool:
-        """Keeps `variables` if the phase's `epoch` (from 1) has its lowest validation loss so far."""
+        """Keeps `variables` if `epoch` has the phase's lowest validation loss so far."""
         loss = logs.get(MONITOR)
         if loss is None or not loss < self.record.loss:
             return False
@@ -79,16 +81,15 @@ class BestWeights:
 
 class RecordBest(tf.keras.callbacks.Callback):
     """Offers each evaluated epoch of a phase to `BestWeights`; works under `fit` and the tape loop. It must
-    come before the checkpoint callback, whose epoch-end save then holds the epoch's record. `first_epoch`
-    is the run's epoch number of the phase's first epoch."""
+    come before the checkpoint callback, whose epoch-end save then holds the epoch's record."""
 
-    def __init__(self, best: BestWeights, variables, first_epoch: int):
+    def __init__(self, best: BestWeights, variables):
         super().__init__()
-        self.best, self.variables, self.first_epoch = best, tuple(variables), first_epoch
-        self.last_epoch = None  # the last epoch trained, in the phase (from 1)
+        self.best, self.variables = best, tuple(variables)
+        self.last_epoch = None  # the last epoch trained
 
     def on_epoch_end(self, epoch, logs=None):
-        self.last_epoch = epoch - self.first_epoch + 1
+        self.last_epoch = epoch
         if MONITOR not in (logs or {}):
             raise ValueError(f"restore_best needs evaluation data: the epoch's logs have no {MONITOR!r}")
         self.best.offer(self.last_epoch, logs, self.variables)

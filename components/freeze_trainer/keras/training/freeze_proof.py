@@ -36,7 +36,8 @@ class FreezeCheck:
     trainable_off_plan: tuple[str, ...] = ()
     # Trained variables holding NaN or Inf after the phase: training diverged.
     non_finite: tuple[str, ...] = ()
-    # With `restore_best`: the epoch of the phase (from 1; 0: its start) whose weights it ended with.
+    # With `restore_best`: the epoch whose weights it ended with, numbered as Keras numbers the run's epochs
+    # (the previous phase's last one when the phase's start was best).
     best_epoch: int | None = None
     # (first epoch's loss, highest later one) when the training loss rose past DIVERGENCE_RATIO × its start:
     # training diverged with finite weights (a rate far too high), as surely as with NaN.

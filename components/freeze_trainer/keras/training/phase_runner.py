@@ -27,7 +27,7 @@ from freeze_trainer.keras.training.freeze_proof import (
 )
 from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.training.phase_progress import PhaseProgress, phase_header
-from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, ScheduledPhase, build_schedule, newly_trainable
+from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, ScheduledPhase, build_schedule
 from freeze_trainer.keras.tf_keras_autograph import exempt_tf_keras_from_autograph
 from freeze_trainer.keras.training.training_checkpoints import PhaseCheckpoint, Progress, TrainingCheckpoints
 
@@ -78,24 +78,23 @@ def build_phase_optimizer(model: tf.keras.Model, plans: list[PhasePlan]) -> Laye
     return optimizer
 
 
-def newly_trainable_variables(model: tf.keras.Model, plans: list[PhasePlan], index: int) -> list[tf.Variable]:
-    """The variables phase `index` trains that the phase before did not (all of the first phase's)."""
-    names = newly_trainable(plans[index], plans[index - 1] if index else None)
+def newly_trainable_variables(model: tf.keras.Model, phase: ScheduledPhase) -> list[tf.Variable]:
+    """The variables `phase` trains that the phase before did not (all of the first phase's)."""
     backbone, head = policy_layers(model)
-    trainable = {v.ref() for v in plans[index].variable_split(model).trainable}
-    new = {v.ref(): v for layer in backbone + head if layer.name in names for v in layer.weights if v.ref() in trainable}
+    trainable = {v.ref() for v in phase.plan.variable_split(model).trainable}
+    new = {v.ref(): v for layer in backbone + head if layer.name in phase.newly_trainable for v in layer.weights
+           if v.ref() in trainable}
     return list(new.values())
 
 
 def start_optimizer_phase(
-    optimizer: LayerRateAdam, model: tf.keras.Model, plans: list[PhasePlan], index: int, epoch_steps: int,
-    fresh: bool,
+    optimizer: LayerRateAdam, model: tf.keras.Model, phase: ScheduledPhase, epoch_steps: int, fresh: bool,
 ) -> None:
-    """Sets the optimizer for phase `index`: its rate, per-layer multipliers and the warm-up of its newly
+    """Sets the optimizer for `phase`: its rate, per-layer multipliers and the warm-up of its newly
     trainable variables; with `fresh` (the phase starts here, not resumed from a checkpoint inside it), also
     resets the Adam state `optimizer_state` names and starts counting the phase's steps."""
-    plan = plans[index]
-    new = newly_trainable_variables(model, plans, index)
+    plan = phase.plan
+    new = newly_trainable_variables(model, phase)
     optimizer.learning_rate = plan.learning_rate
     optimizer.set_multipliers(variable_multipliers(model, plan))
     optimizer.set_warmup(new, plan.phase.warmup, epoch_steps)
@@ -186,13 +185,13 @@ class _PhaseRun:
         apply_plan(model, plan)
         split = plan.variable_split(model)
         changing = _changing(split)
-        start_optimizer_phase(self.optimizer, model, self.schedule.plans, phase.index, steps, fresh=not position)
+        start_optimizer_phase(self.optimizer, model, phase, steps, fresh=not position)
         if self.best and plan.phase.restores_best and not position:
-            self.best.start_phase(changing)
+            self.best.start_phase(changing, phase.first_epoch)
         # Restored weights already hold the batches trained before the checkpoint: a phase resumed
         # mid-way is proven against its start as saved, so a frozen variable that moved then still fails.
         before = self.resumed.phase_start if position else snapshot(model)
-        record = RecordBest(self.best, changing, phase.first_epoch) if plan.phase.restores_best else None
+        record = RecordBest(self.best, changing) if plan.phase.restores_best else None
         data = self.feed.phase_data(model, phase)
         loss_rise = LossRise()  # a loss far above its start fails the phase as diverged, as NaN does
         callbacks = [loss_rise, *self._callbacks(phase, record, position, before, steps, data.cached_features)]
