@@ -112,7 +112,8 @@ def validated_config(image_size: int, trainer_module: str | None, hyperparameter
         config = TrainerConfig.from_parameters(**values)
         overrides = read_hyperparameters_file(hyperparameters) if hyperparameters else {}
         build_model = load_build_model(trainer_module) if trainer_module else None
-        planned = config_with_hyperparameters(values, overrides, user_model=trainer_module is not None)
+        planned = config_with_hyperparameters(values, overrides, user_model=trainer_module is not None) if overrides \
+            else config
         plan_for_config(planned, (image_size, image_size, 3), build_model=build_model,
                         hyperparameters=model_hyperparameters(overrides) if build_model and overrides else None)
     except user_errors() as err:
