@@ -280,9 +280,10 @@ def _run_local_pipeline(paths: RunPaths, options, config, transform_module, trai
 
     # A run killed mid-training left its executions RUNNING: they become CANCELED, and this run's trainer
     # continues the killed one's training when the runs are the same (pipelines/crash_resume.py).
+    parameters = config.parameter_values()
     trainer_resume = resume_interrupted_training(
         paths.metadata, PIPELINE_NAME, paths.pipeline_root,
-        run_fingerprint(config.parameter_values(), data_root or f"digits 5-9, sample {sample}",
+        run_fingerprint(parameters, data_root or f"digits 5-9, sample {sample}",
                         [transform_module, trainer_module, hyperparameters, config.backbone_weights],
                         image_size=options.image_size, train_steps=options.train_steps,
                         eval_steps=options.eval_steps, retrain=options.retrain))
@@ -292,7 +293,7 @@ def _run_local_pipeline(paths: RunPaths, options, config, transform_module, trai
         data_root=data_root or write_digits_examples(paths.digits, limit=sample),
         serving_dir=paths.serving,
         options=options,
-        **config.parameter_values(),
+        **parameters,
         transform_module_file=transform_module and os.path.abspath(transform_module),
         trainer_module_file=trainer_module and os.path.abspath(trainer_module),
         hyperparameters_uri=hyperparameters and imported_file_folder(hyperparameters, paths.output_dir,
