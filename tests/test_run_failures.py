@@ -1,7 +1,8 @@
 """Issue #20: a local run that fails ends with one line, not a traceback, and leaves nothing the next run
-trips on. Real runs of the local runner: a disk that fills while Transform runs (a tmpfs filled to the
-last byte), then the same command again once space is freed; a read-only output folder, refused before
-any component runs; a rate within the bounds that makes the loss rise, failed as diverged before export.
+trips on. Real runs of the local runner: a disk that fills while Transform or the trainer runs (a tmpfs
+filled to the last byte), then the same command again once space is freed; a read-only output folder,
+refused before any component runs; a rate within the bounds that makes the loss rise, failed as diverged
+before export.
 
 The disk tests mount a tmpfs, which needs root with CAP_SYS_ADMIN; where mounting is not permitted they
 are skipped, saying so (a read-only folder is then a folder without write permission, unless root).
@@ -70,7 +71,9 @@ def _states(output_dir, component: str) -> list[int]:
     return [e.last_known_state for e in store.get_executions() if e.type.endswith(component)]
 
 
-def test_a_disk_that_fills_during_transform_ends_the_run_in_one_line_and_the_same_command_then_runs(tmpfs, tmp_path):
+@pytest.mark.parametrize("component", ["Transform", "FreezeTrainer"])
+def test_a_disk_that_fills_during_a_component_ends_the_run_in_one_line_and_the_same_command_then_runs(
+        tmpfs, tmp_path, component):
     disk = tmpfs("disk", "size=64m")
     output_dir = disk / "out"
     command = [sys.executable, "local_runner.py", "--output-dir", str(output_dir), *RUN_ARGS]
@@ -78,13 +81,13 @@ def test_a_disk_that_fills_during_transform_ends_the_run_in_one_line_and_the_sam
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
         deadline = time.monotonic() + 600
         while process.poll() is None and time.monotonic() < deadline:
-            if (output_dir / "pipeline_root" / "Transform").exists():  # its execution has started
+            if (output_dir / "pipeline_root" / component).exists():  # its execution has started
                 break
             time.sleep(0.05)
         _fill(disk)
         process.wait(timeout=600)
     out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
-    assert "  Transform ..." in out and "Transform done" not in out, out  # the disk filled while it ran
+    assert f"  {component} ..." in out and f"{component} done" not in out, out  # the disk filled while it ran
     assert process.returncode == 1, out[-3000:] + err[-5000:]
     assert _error_lines(err) == [f"Error: {output_dir}: no space left on device; free some space there and run "
                                  "the same command again"]
@@ -94,8 +97,8 @@ def test_a_disk_that_fills_during_transform_ends_the_run_in_one_line_and_the_sam
     rerun = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     assert "blessed: True" in rerun.stdout and "pushed to: " in rerun.stdout
-    # The failed Transform is FAILED, or CANCELED by the rerun where ML Metadata's disk was full too.
-    failed, completed = sorted(_states(output_dir, "Transform"), key=lambda state: state == COMPLETE)
+    # The failed execution is FAILED, or CANCELED by the rerun where ML Metadata's disk was full too.
+    failed, completed = sorted(_states(output_dir, component), key=lambda state: state == COMPLETE)
     assert failed in (metadata_store_pb2.Execution.FAILED, metadata_store_pb2.Execution.CANCELED)
     assert completed == COMPLETE
 
