@@ -40,7 +40,7 @@ def tmpfs(tmp_path):
                                 capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(f"mounting a tmpfs is not permitted here (it needs root with CAP_SYS_ADMIN): "
-                        f"{result.stderr.strip()}")
+                        f"{(result.stderr.strip() or 'mount failed').splitlines()[0]}")
         mounted.append(folder)
         return folder
 
