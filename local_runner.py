@@ -15,18 +15,22 @@ status 75 (EX_TEMPFAIL) and one line naming it (pid, host, start time). A killed
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
 import json
+import logging
 import os
 import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import click
 
@@ -96,6 +100,49 @@ def user_errors() -> tuple[type[Exception], ...]:
     from freeze_trainer.tfx.trainer_model import USER_ERRORS
 
     return USER_ERRORS
+
+
+# What a full disk (or quota) says, wherever it surfaces: an OSError's errno, TensorFlow's file system
+# errors ("<file>; No space left on device", a ResourceExhaustedError, as an out-of-memory one is too),
+# SQLite's through ML Metadata, and Beam's re-raised copies, which keep the text but not always the type.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = (*(os.strerror(code) for code in DISK_FULL_ERRNOS), "database or disk is full")
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an exception it was raised from or while handling, says the disk is full: a
+    component that fails writing its outputs often fails again publishing the failure to ML Metadata."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(err) for text in DISK_FULL_TEXTS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def failures_in_one_line(output_dir: str) -> Iterator[None]:
+    """Ends a run that fails once it owns `output_dir` with one line, not a traceback, where the reason
+    says it all: a user error found once the data is read, a phase that fails its freeze check (diverged,
+    a frozen variable moved), a full disk. The traceback goes to the log. Exit 1: the run started; a full
+    disk leaves nothing a rerun trips on (a half-written execution's outputs are its own, and a RUNNING
+    one is canceled by the next run: pipelines/crash_resume.py), so free space and run the same command."""
+    from freeze_trainer.keras.freeze_proof import FreezeViolation
+
+    try:
+        yield
+    except (*user_errors(), FreezeViolation) as err:
+        logging.error("The run failed", exc_info=err)
+        raise click.ClickException(str(err)) from None
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        logging.error("The run failed: the disk is full", exc_info=err)
+        raise click.ClickException(f"{output_dir}: no space left on device; free some space there and run the "
+                                   "same command again") from None
 
 
 def validated_config(image_size: int, trainer_module: str | None, hyperparameters: str | None,
@@ -261,10 +308,11 @@ def run_pipeline(log: TerminalLog, output_dir, transform_module, trainer_module,
     check_data(config, data_root, sample, transform_module, trainer_module, options.image_size)
     paths = RunPaths.under(output_dir)
     lock_output_dir(paths.output_dir)  # before anything is written there or TFX is imported
-    # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
-    log.move_to(paths.log(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")))
-    wall = _run_local_pipeline(paths, options, config, transform_module, trainer_module, hyperparameters,
-                               data_root, sample, beam_args, search_space)
+    with failures_in_one_line(paths.output_dir):
+        # The run owns the folder now: the log so far (TensorFlow's start-up, the checks) moves into it.
+        log.move_to(paths.log(datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")))
+        wall = _run_local_pipeline(paths, options, config, transform_module, trainer_module, hyperparameters,
+                                   data_root, sample, beam_args, search_space)
     _print_summary(paths, options, config, log, wall)
 
 
@@ -307,10 +355,7 @@ def _run_local_pipeline(paths: RunPaths, options, config, transform_module, trai
         beam_pipeline_args=list(beam_args) or None,
     )
     started = time.monotonic()
-    try:
-        LocalDagRunner().run(pipeline)
-    except user_errors() as err:  # found once the data is read
-        raise click.ClickException(str(err)) from None
+    LocalDagRunner().run(pipeline)  # its failures: failures_in_one_line
     return time.monotonic() - started
 
 
