@@ -130,7 +130,7 @@ def failures_in_one_line(output_dir: str) -> Iterator[None]:
     a frozen variable moved), a full disk. The traceback goes to the log. Exit 1: the run started; a full
     disk leaves nothing a rerun trips on (a half-written execution's outputs are its own, and a RUNNING
     one is canceled by the next run: pipelines/crash_resume.py), so free space and run the same command."""
-    from freeze_trainer.keras.freeze_proof import FreezeViolation
+    from freeze_trainer.keras.training.freeze_proof import FreezeViolation
 
     try:
         yield
