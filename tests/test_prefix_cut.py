@@ -12,7 +12,6 @@ from freeze_trainer.keras.training.fit_training import train_with_fit
 from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
 from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from freeze_trainer.keras.planning.phase_schedule import build_schedule
-from freeze_trainer.keras.data.prefix_cache import PrefixFeed
 from freeze_trainer.keras.planning.prefix_cut import find_cut, live_model, prefix_model
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from tests.model_builders import SHAPE, classifier, random_images
@@ -111,14 +110,15 @@ def test_randomness_or_batchnorm_statistics_below_the_trainable_block_are_not_ca
 
 
 def _train(loop, build, phases, tmp_path=None, budget_bytes=1 << 30, batchnorm="frozen"):
-    """Trains a freshly seeded model on the same batches; with `tmp_path`, through a PrefixFeed."""
+    """Trains a freshly seeded model on the same batches; with `tmp_path`, with a FeatureCache: the loop's
+    schedule then trains each phase that caches on its cut."""
     tf.keras.utils.set_random_seed(0)
     model = build()
     plans = plan_policy(_policy(phases, batchnorm), model, 1e-2, 1)
     examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
     feed_args = (examples, examples.take(16), 16, 7)
     cache = FeatureCache("test-source", str(tmp_path / "spill"), budget_bytes) if tmp_path else None
-    feed = PrefixFeed(*feed_args, prefix_cache=cache) if cache else ExampleFeed(*feed_args)
+    feed = ExampleFeed(*feed_args, cache)
     checks, _ = loop(model, plans, feed, verbose=0)
     assert all(check.passed for check in checks)  # the proof: every frozen variable bit-identical
     return model, [v.numpy() for v in model.variables], cache
@@ -194,9 +194,9 @@ def test_a_later_phase_with_the_same_cut_and_prefix_reuses_the_cached_tensors(tm
         FREEZE_BASE, {"unfreeze": {"group": "block_15"}}]}]), model)
     examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
     cache = FeatureCache("test-source", str(tmp_path / "spill"))
-    feed = PrefixFeed(examples, examples.take(16), 16, 7, prefix_cache=cache)
+    feed = ExampleFeed(examples, examples.take(16), 16, 7, cache)
     stores = []
-    for phase in build_schedule(plans, feature_cache=False):
+    for phase in build_schedule(plans, model=model):
         apply_plan(model, phase.plan)
         feed.phase_data(model, phase)
         stores.append(cache._stores["train"])
