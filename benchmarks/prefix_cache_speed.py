@@ -51,7 +51,6 @@ def train_once(mode: str, epochs: int, examples: int, image_size: int, batch_siz
     from freeze_trainer.keras.training.fit_training import train_with_fit
     from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
     from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
-    from freeze_trainer.keras.data.prefix_cache import PrefixFeed
     from freeze_trainer.keras.planning.prefix_cut import find_cut
     from freeze_trainer.policy.freeze_policy import policy_from_dict
     from freeze_trainer.tfx.trainer_config import TrainerConfig
@@ -90,8 +89,8 @@ def train_once(mode: str, epochs: int, examples: int, image_size: int, batch_siz
     with tempfile.TemporaryDirectory() as spill_dir:
         feed_args = (train, evaluation, batch_size, 0)
         budget = TrainerConfig.model_fields["feature_cache_memory_mb"].default << 20  # the trainer's default
-        feed = (PrefixFeed(*feed_args, prefix_cache=FeatureCache("benchmark", spill_dir, budget)) if mode == "cached"
-                else ExampleFeed(*feed_args))
+        # The schedule (built by the loop) caches where the feed has a FeatureCache: at `cut`.
+        feed = ExampleFeed(*feed_args, FeatureCache("benchmark", spill_dir, budget) if mode == "cached" else None)
         train_loop = train_with_fit if loop == "fit" else train_with_gradient_tape
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         checks, _ = train_loop(model, plans, feed, callbacks=[clock], verbose=0)

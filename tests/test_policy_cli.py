@@ -54,8 +54,12 @@ def test_plan_command_shows_recipe_phases_groups_and_decayed_rates(tmp_path):
     assert result.exit_code == 0, result.output
     summaries = [line for line in result.output.splitlines() if line.startswith("phase ")]
     assert [line.split("'")[1] for line in summaries] == ["head", "top_1_groups", "top_2_groups"]
-    assert summaries[0].endswith("head trains on cached base features")
-    assert all("; no feature cache: " in line for line in summaries[1:])
+    assert summaries[0].endswith("head trains on cached base features (5,120 bytes per example)")
+    # The top half trains on the bottom half's outputs, cut inside a block (a skip crosses it); the whole
+    # base trains in the last phase.
+    assert summaries[1].endswith("trains on a cached frozen prefix: cuts at block_8_depthwise_relu, block_7_add "
+                                 "(2,688 bytes per example)")
+    assert summaries[2].endswith("; no feature cache: Conv1 trains and no base layer before it is frozen")
     rows = {fields[1]: fields for fields in (line.split() for line in result.output.splitlines()) if len(fields) == 10}
     # In the last phase the top auto group trains at lr/2 and the bottom one at lr/4.
     assert rows["block_16_project"][3:9] == ["block_16", "auto_1", "trainable", "-", "0.005", rows["block_16_project"][8]]
@@ -187,7 +191,10 @@ def test_plan_json_round_trips_with_groups_changes_and_layers(two_phase_json, tw
     assert set(finetune["layers"][0]) == {"name", "class_name", "group", "auto_group", "auto_group_name", "trainable",
                                           "batchnorm", "learning_rate", "trainable_params", "frozen_params"}
     assert finetune["transition"]["optimizer_state"] == "reset"
-    assert (head["caches_features"], finetune["caches_features"]) == (True, False)
+    assert (head["caches_features"], finetune["caches_features"]) == (True, True)
+    # The finetune phase trains block_16 and top: it cuts where block_16 starts, 7 x 7 x 160 floats at 224 px.
+    assert (head["feature_cache_cut"], head["cached_bytes_per_example"]) == ("pooled features", 1280 * 4)
+    assert (finetune["feature_cache_cut"], finetune["cached_bytes_per_example"]) == ("block_15_add", 7 * 7 * 160 * 4)
     totals = [row for rows in _rows(two_phase_text[0]) for row in rows if row[0] == "total"]
     for phase, total in zip(document["phases"], totals):
         for key in ("trainable_params", "frozen_params"):

@@ -17,18 +17,21 @@ from freeze_trainer.keras.planning.freeze_plan import plan_policy
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from freeze_trainer.keras.training.freeze_proof import FreezeViolation
 from tests.model_builders import random_images, tiny_classifier
+from tests.preemptible_worker import BATCH_SIZE, EXAMPLES
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preemptible_worker.py")
 EPOCH_STEPS, PHASE_STEPS = 16, 64  # the worker's 256 examples in batches of 16, 4 epochs a phase
 
 
-def _start(loop, directory, name, checkpoints=True):
+def _start(loop, directory, name, checkpoints=True, cached=False):
     export = directory / f"{name}_export"
     export.mkdir(exist_ok=True)
     command = [sys.executable, WORKER, "--loop", loop, "--export", str(export),
                "--output", str(directory / f"{name}.json")]
     if checkpoints:
         command += ["--checkpoints", str(directory / f"{name}_checkpoints")]
+    if cached:
+        command += ["--feature-cache", str(directory / f"{name}_spill")]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -45,14 +48,17 @@ def _latest_progress(directory) -> dict | None:
     return json.loads(tf.train.load_checkpoint(latest).get_tensor("progress/.ATTRIBUTES/py_state"))
 
 
-@pytest.mark.parametrize("loop", ["fit", "gradient_tape"])
-def test_killed_trainer_resumes_to_the_same_weights(tmp_path, loop):
-    _finish(_start(loop, tmp_path, "whole", checkpoints=False))
+@pytest.mark.parametrize("loop, cached", [("fit", False), ("gradient_tape", False), ("fit", True),
+                                          ("gradient_tape", True)],
+                         ids=["fit", "gradient_tape", "fit on the cut", "gradient_tape on the cut"])
+def test_killed_trainer_resumes_to_the_same_weights(tmp_path, loop, cached):
+    """`cached`: the top phase, killed inside, trains its live part on its frozen prefix's cached outputs."""
+    _finish(_start(loop, tmp_path, "whole", checkpoints=False, cached=cached))
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert whole["steps"] == 2 * PHASE_STEPS
 
     # Killed once a checkpoint inside the second phase exists: one saved at a step that ends no epoch.
-    process = _start(loop, tmp_path, "preempted")
+    process = _start(loop, tmp_path, "preempted", cached=cached)
     checkpoints = tmp_path / "preempted_checkpoints"
     deadline = time.monotonic() + 500
     while process.poll() is None and time.monotonic() < deadline:
@@ -67,10 +73,11 @@ def test_killed_trainer_resumes_to_the_same_weights(tmp_path, loop):
     assert killed_at["phase"] == 1 and killed_at["position"] % EPOCH_STEPS != 0
     assert not os.listdir(tmp_path / "preempted_export")  # nothing exported by the killed run
 
-    _finish(_start(loop, tmp_path, "preempted"))
+    _finish(_start(loop, tmp_path, "preempted", cached=cached))
     resumed = json.loads((tmp_path / "preempted.json").read_text())
     assert resumed["steps"] == PHASE_STEPS - killed_at["position"]  # only what was left after the checkpoint
     assert resumed["digest"] == whole["digest"]
+    assert resumed["cached_examples"] == ({"train": EXAMPLES, "eval": BATCH_SIZE} if cached else {})
     assert [check["phase"] for check in resumed["checks"]] == ["head", "top"]
     assert all(check["passed"] for check in resumed["checks"])
     # The completed phase's check comes from the checkpoint, the resumed one is proven against its start.

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from freeze_trainer.keras.models.classifier_model import declare_head, feature_extractor
+from freeze_trainer.keras.models.classifier_model import backbone_of, declare_head, feature_extractor
 from freeze_trainer.keras.data.example_feed import ExampleFeed
 from freeze_trainer.keras.data.feature_cache import FeatureCache
 from freeze_trainer.keras.training.fit_training import train_with_fit
+from freeze_trainer.keras.training.freeze_proof import FreezeViolation
 from freeze_trainer.keras.planning.freeze_plan import apply_plan, plan_policy
 from freeze_trainer.keras.training.gradient_tape_loop import train_with_gradient_tape
 from freeze_trainer.keras.planning.phase_schedule import build_schedule
-from freeze_trainer.keras.data.prefix_cache import PrefixFeed
+from freeze_trainer.keras.planning.plan_report import format_plan_groups
 from freeze_trainer.keras.planning.prefix_cut import find_cut, live_model, prefix_model
 from freeze_trainer.policy.freeze_policy import policy_from_dict
 from tests.model_builders import SHAPE, classifier, random_images
@@ -96,30 +97,42 @@ def test_a_skip_connection_across_the_cut_gives_two_cut_tensors():
     assert last_conv.bytes_per_example == 2 * 16 * 16 * 4 * 4
 
 
+def _plan_lines(model, policy) -> list[str]:
+    """What `freeze-policy plan` prints of each phase's cache use: the schedule's words, with the model."""
+    schedule = build_schedule(plan_policy(policy, model), model=model)
+    return [line.strip() for line in format_plan_groups(schedule) if "cache" in line]
+
+
 def test_randomness_or_batchnorm_statistics_below_the_trainable_block_are_not_cached():
-    head, last_conv = _cuts(_residual_model(augment=True), _policy(RESIDUAL_PHASES))
+    augmented = _residual_model(augment=True)
+    head, last_conv = _cuts(augmented, _policy(RESIDUAL_PHASES))
     assert head.describe() == last_conv.describe() == "not cached: augment draws random numbers"
+    assert _plan_lines(augmented, _policy(RESIDUAL_PHASES)) == ["no feature cache: augment draws random numbers"] * 2
     tf.keras.utils.set_random_seed(0)
     model = classifier("MobileNetV2", bn_inference_mode=False)
     top_with_every_bn = [FREEZE_BASE, {"unfreeze": {"group": "block_16"}},
                          {"unfreeze": {"layer_class": "BatchNormalization"}}]
-    top_only, every_bn = _cuts(model, _policy([HEAD_THEN_TOP["phases"][1], {"name": "bn", "rules": top_with_every_bn}],
-                                              batchnorm="train"))
+    policy = _policy([HEAD_THEN_TOP["phases"][1], {"name": "bn", "rules": top_with_every_bn}], batchnorm="train")
+    top_only, every_bn = _cuts(model, policy)
     # BatchNorm statistics updating inside the trainable block do not move the cut.
     assert top_only.names == ("block_15_add",) and top_only.caches
     assert every_bn.describe() == "not cached: bn_Conv1 updates its BatchNorm statistics (batchnorm: train)"
+    assert _plan_lines(model, policy) == [
+        "trains on a cached frozen prefix: cuts at block_15_add (224 bytes per example)",
+        "no feature cache: bn_Conv1 updates its BatchNorm statistics (batchnorm: train)"]
 
 
-def _train(loop, build, phases, tmp_path=None, budget_bytes=1 << 30, batchnorm="frozen"):
-    """Trains a freshly seeded model on the same batches; with `tmp_path`, through a PrefixFeed."""
+def _train(loop, build, phases, tmp_path=None, budget_bytes=1 << 30, batchnorm="frozen", **options):
+    """Trains a freshly seeded model on the same batches; with `tmp_path`, with a FeatureCache: the loop's
+    schedule then trains each phase that caches on its cut. `options` go to the loop."""
     tf.keras.utils.set_random_seed(0)
     model = build()
     plans = plan_policy(_policy(phases, batchnorm), model, 1e-2, 1)
     examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
     feed_args = (examples, examples.take(16), 16, 7)
     cache = FeatureCache("test-source", str(tmp_path / "spill"), budget_bytes) if tmp_path else None
-    feed = PrefixFeed(*feed_args, prefix_cache=cache) if cache else ExampleFeed(*feed_args)
-    checks, _ = loop(model, plans, feed, verbose=0)
+    feed = ExampleFeed(*feed_args, cache)
+    checks, _ = loop(model, plans, feed, verbose=0, **options)
     assert all(check.passed for check in checks)  # the proof: every frozen variable bit-identical
     return model, [v.numpy() for v in model.variables], cache
 
@@ -147,8 +160,10 @@ def test_fit_on_the_cut_matches_fit_on_images(uncached_fit, tmp_path, budget_byt
 
 def test_tape_loop_on_the_cut_matches_it_on_images(tmp_path):
     expected = _train(train_with_gradient_tape, _mobilenet, HEAD_THEN_TOP["phases"])[1]
-    _, weights, _ = _train(train_with_gradient_tape, _mobilenet, HEAD_THEN_TOP["phases"], tmp_path)
-    _assert_same_weights(expected, weights)
+    for budget_bytes in (1 << 30, 0):  # in memory, then spilled to disk
+        _, weights, _ = _train(train_with_gradient_tape, _mobilenet, HEAD_THEN_TOP["phases"],
+                               tmp_path / str(budget_bytes), budget_bytes)
+        _assert_same_weights(expected, weights)
 
 
 @pytest.mark.parametrize("loop", [train_with_fit, train_with_gradient_tape], ids=["fit", "tape"])
@@ -194,11 +209,38 @@ def test_a_later_phase_with_the_same_cut_and_prefix_reuses_the_cached_tensors(tm
         FREEZE_BASE, {"unfreeze": {"group": "block_15"}}]}]), model)
     examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
     cache = FeatureCache("test-source", str(tmp_path / "spill"))
-    feed = PrefixFeed(examples, examples.take(16), 16, 7, prefix_cache=cache)
+    feed = ExampleFeed(examples, examples.take(16), 16, 7, cache)
     stores = []
-    for phase in build_schedule(plans, feature_cache=False):
+    for phase in build_schedule(plans, model=model):
         apply_plan(model, phase.plan)
         feed.phase_data(model, phase)
         stores.append(cache._stores["train"])
     assert stores[1] is stores[0]  # same cut, same prefix weights: not computed again
     assert stores[2] is not stores[1]  # another cut
+
+
+class _MovePrefixKernel(tf.keras.callbacks.Callback):
+    """Changes a frozen prefix kernel after the first batch: what the cached cut tensors no longer reflect."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self.kernel.assign_add(tf.ones_like(self.kernel))
+
+
+@pytest.mark.parametrize("loop", [train_with_fit, train_with_gradient_tape], ids=["fit", "tape"])
+def test_the_proof_fails_when_the_prefix_moves_behind_the_plans_back(loop, tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    model = _mobilenet()
+    plans = plan_policy(_policy([HEAD_THEN_TOP["phases"][1]]), model, 1e-2, 1)
+    kernel = backbone_of(model).get_layer("block_1_project").kernel  # far below the cut at block_15_add
+    examples = tf.data.Dataset.from_tensor_slices((IMAGES, LABELS))
+    cache = FeatureCache("test-source", str(tmp_path / "spill"))
+    feed = ExampleFeed(examples, examples.take(16), 16, 7, cache)
+    with pytest.raises(FreezeViolation, match=r"phase 'top': 1 frozen variable\(s\) changed during training: "
+                                              r".*block_1_project/kernel"):
+        loop(model, plans, feed, callbacks=[_MovePrefixKernel(kernel)], verbose=0)
+    assert cache.cached_examples == {"train": 48, "eval": 16}  # the phase did train on the cut

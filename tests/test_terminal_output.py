@@ -253,7 +253,7 @@ def test_each_phase_prints_a_line_and_one_progress_bar(loop, capsys, tmp_path):
     assert lines[1].startswith("4/8 - ")
     assert re.fullmatch(rf"8/8 - \d+s - loss: {number} - accuracy: {number} - val_loss: {number} - "
                         rf"val_accuracy: {number} - \d+m?s/epoch - \d+m?s/step", lines[2]), lines[2]
-    assert lines[3] == "phase 2/2 'top': 3 steps"
+    assert lines[3] == "phase 2/2 'top': 3 steps, live part on cached bn"  # conv_b trains on the stem's outputs
     assert lines[4].startswith("3/3 - ")
 
 

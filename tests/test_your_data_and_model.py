@@ -128,6 +128,13 @@ def test_tabular_binary_pipeline_gates_on_auc_and_proves_the_frozen_base(tabular
     head, top = report["phases"]
     assert head["trainable_variables"] == 2  # the new head's kernel and bias
     assert top["trainable_variables"] == 4 and not top["changed_frozen"]  # + enc_2's kernel and bias
+    # The head trained on the base's cached features; the top phase's live part (enc_2 and the head) on
+    # enc_1's cached outputs: the proof still covers the whole model, and the export serves it whole (below).
+    assert [(phase["feature_cache"], phase["feature_cache_cut"]) for phase in report["phases"]] == [
+        (True, "pooled features"), (True, "enc_1")]
+    with open(os.path.join(_pushed(output_dir), "assets.extra", "run_report.json")) as f:
+        words = [phase["feature_cache"] for phase in json.load(f)["phases"]]
+    assert words[1] == "used: live part on cached enc_1 (64 bytes per example)", words
 
 
 def test_tabular_model_serves_raw_rows_and_beats_a_random_frozen_base(tabular_run):

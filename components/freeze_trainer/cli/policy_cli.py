@@ -22,10 +22,13 @@ from freeze_trainer.tfx.trainer_config import TrainerConfig
 def plan_policy_text(
     policy: str, backbone: str, backbone_weights: str, alpha: float | None, image_size: int, num_classes: int,
     learning_rate: float, epochs: int,
-) -> tuple[list, dict[str, list[int | None]]]:
-    """Validates everything a trainer would check before reading data; raises its errors. Returns the plans
-    and the planned model's input shapes. Builds the backbone, so TensorFlow is imported here and only here."""
+) -> tuple:
+    """Validates everything a trainer would check before reading data; raises its errors. Returns the phase
+    schedule (with the trainer's default `feature_cache: auto`: where each phase cuts, or why it does not
+    cache) and the planned model's input shapes. Builds the backbone, so TensorFlow is imported here and
+    only here."""
     from freeze_trainer.keras.planning.freeze_plan import plan_policy
+    from freeze_trainer.keras.planning.phase_schedule import build_schedule
     from freeze_trainer.keras.planning.plan_report import input_shapes
     from freeze_trainer.tfx.trainer_model import planning_model
 
@@ -34,7 +37,8 @@ def plan_policy_text(
         backbone_alpha=alpha, learning_rate=learning_rate, epochs=epochs,
     )
     model = planning_model(config, (image_size, image_size, 3), num_classes)
-    return plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs), input_shapes(model)
+    plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
+    return build_schedule(plans, model=model), input_shapes(model)
 
 
 _DEFAULTS = TrainerConfig()  # the trainer's defaults, the runner's too
@@ -63,7 +67,7 @@ def model_options(command, policy_argument: bool = True):
     return command
 
 
-def _plans_or_exit(**kwargs) -> tuple[list, dict[str, list[int | None]]]:
+def _schedule_or_exit(**kwargs) -> tuple:
     from freeze_trainer.tfx.trainer_model import USER_ERRORS
 
     try:
@@ -126,18 +130,18 @@ def plan(by_layer: bool, output_format: str, picture: str | None, **kwargs) -> N
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--picture") from None
     kwargs["backbone"] = kwargs["backbone"] or "MobileNetV2"
-    plans, inputs = _plans_or_exit(**kwargs)
+    schedule, inputs = _schedule_or_exit(**kwargs)
     planned = _planned(kwargs, inputs)
     if output_format == "json":
-        click.echo(json.dumps(plan_dict(plans, planned), indent=2))
+        click.echo(json.dumps(plan_dict(schedule, planned), indent=2))
     elif by_layer:
-        click.echo("\n".join(format_plan(plans)))
+        click.echo("\n".join(format_plan(schedule)))
     else:
-        click.echo("\n".join([_planned_line(planned), "", *format_plan_groups(plans)]))
+        click.echo("\n".join([_planned_line(planned), "", *format_plan_groups(schedule)]))
     if picture:
         from freeze_trainer.keras.planning.plan_picture import draw_plan
 
-        draw_plan(plans, picture, title=_planned_line(planned))
+        draw_plan(schedule.plans, picture, title=_planned_line(planned))
         echo_error(f"plan picture: {picture}")
 
 
@@ -155,10 +159,10 @@ def validate(**kwargs) -> None:
         return
     from freeze_trainer.keras.planning.plan_report import phase_summary
 
-    plans, _ = _plans_or_exit(**kwargs)
-    click.echo(f"valid: {len(plans)} phase(s)")
-    for number, phase_plan in enumerate(plans, start=1):
-        click.echo("  " + phase_summary(number, len(plans), phase_plan))
+    schedule, _ = _schedule_or_exit(**kwargs)
+    click.echo(f"valid: {len(schedule)} phase(s)")
+    for phase in schedule:
+        click.echo("  " + phase_summary(phase.number, len(schedule), phase.plan, cache=phase.cache_clause))
 
 
 @main.command()

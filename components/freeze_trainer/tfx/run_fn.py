@@ -145,6 +145,7 @@ def freeze_report(config: TrainerConfig, contract: DataContract, schedule: Phase
                 "steps": phase.plan.steps,
                 "learning_rate": phase.plan.learning_rate,
                 "feature_cache": phase.cache is not None,
+                "feature_cache_cut": phase.cache.cut if phase.cache else None,
                 **phase.transition(),  # optimizer_state, warmup, restore_best (best_epoch is in the check)
             }
             for phase, check in zip(schedule, checks)
@@ -190,7 +191,8 @@ def prepare(fn_args: FnArgs, model: tf.keras.Model | Callable[..., tf.keras.Mode
         if fn_args.base_model:  # retraining: start from the latest blessed model, then apply the policy
             warm_start_from_saved_model(model, fn_args.base_model)
         optimizer = build_phase_optimizer(model, plans)
-    schedule = build_schedule(plans, feature_cache=config.feature_cache == "auto", total_steps=fn_args.train_steps)
+    schedule = build_schedule(plans, feature_cache=config.feature_cache == "auto", total_steps=fn_args.train_steps,
+                              model=model)
     feed = _example_feed(fn_args, config, schema, contract, schedule)
     return PreparedRun(config, contract, schema, tft_output, strategy, model, schedule, optimizer, feed, user_code)
 

@@ -75,7 +75,7 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, f
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "freeze_report": freeze_report,
         "policy": config.freeze_policy.model_dump(mode="json", exclude_none=True),
-        "plan_text": format_plan_groups(plans),
+        "plan_text": format_plan_groups(schedule),
         "plan_png": _picture("plan picture", lambda: plan_figure(
             plans, f"{freeze_report['base_name']}: one row per phase, width ∝ parameters")),
         "curves_png": _picture("training curves", lambda: curves_figure(history, schedule)) if history else None,

@@ -90,7 +90,8 @@ class TrainerConfig(BaseModel):
     )
     jit_compile: bool = _parameter(False, "XLA-compile the forward and backward pass.")
     feature_cache: Literal["auto", "off"] = _parameter(
-        "auto", "`auto` trains the head on base features computed once in phases whose whole base is frozen."
+        "auto", "`auto` computes a phase's frozen, deterministic prefix once and trains only the rest on its outputs "
+        "(the head on pooled features where the whole base is frozen); `off` never caches."
     )
     # Two of the cache's 64 MB pieces (the pooled features of ~26k examples at 1,280 floats); past that the
     # disk (page cache) serves them as fast here, and the trainer's memory stops growing with the data

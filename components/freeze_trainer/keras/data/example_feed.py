@@ -1,8 +1,9 @@
-"""Each phase's model and batches: the classifier on examples, or its head on cached base features.
+"""Each phase's model and batches: the classifier on examples, or the part of it that a phase trains on
+cached tensors (its head on the base's pooled features, or its live part on a frozen prefix's outputs).
 
 Training batches are an endless stream, pass after pass over the data, that each training call builds
 afresh from a position (the batches of the phase already trained): a resumed phase sees the batches an
-uninterrupted one would have, and a head trained on cached features sees the same batches in the same
+uninterrupted one would have, and a model trained on cached tensors sees the same batches in the same
 order as one trained on the examples (one input tensor, or a dict of them for a model with several inputs).
 """
 
@@ -16,8 +17,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.models.classifier_model import head_on_features
 from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.data.prefix_cache import cached_models
 from freeze_trainer.keras.planning.phase_schedule import ScheduledPhase
 
 SHUFFLE_BUFFER = 10_000  # examples, as tfx_bsl's default record shuffle
@@ -46,10 +47,10 @@ def count_elements(dataset: tf.data.Dataset) -> int:
 
 @dataclass(frozen=True)
 class PhaseData:
-    model: tf.keras.Model  # what the phase fits: the classifier, or its head over cached base features
+    model: tf.keras.Model  # what the phase fits: the classifier, or the part of it over cached tensors
     batches: Callable[[int], tf.data.Dataset]  # p -> endless training batches from batch p of the phase on
     eval: tf.data.Dataset | None
-    cached_features: bool = False  # `model` is the head alone, on cached base features
+    cached_features: bool = False  # `model` trains on cached tensors (`ScheduledPhase.cache`)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class BatchedFeed:
 @dataclass(frozen=True)
 class ExampleFeed:
     """Unbatched, finite training and evaluation examples and how to batch them; with a FeatureCache,
-    phases the schedule has use the cache (`ScheduledPhase.cache`) train on cached features."""
+    phases the schedule has use the cache (`ScheduledPhase.cache`) train on the tensors it holds."""
 
     train_examples: tf.data.Dataset
     eval_examples: tf.data.Dataset
@@ -92,10 +93,12 @@ class ExampleFeed:
     def phase_data(self, model: tf.keras.Model, phase: ScheduledPhase) -> PhaseData:
         cached = phase.cache is not None  # the schedule caches only where the feed has a cache
         if cached:
-            features = self.feature_cache.features(
-                model, {"train": self.train_examples, "eval": self.eval_examples}, self.batch_size
+            extractor, phase_model, unpack = cached_models(model, phase.cache)
+            stored = self.feature_cache.features(
+                model, {"train": self.train_examples, "eval": self.eval_examples}, self.batch_size, extractor
             )
-            model, train, evaluation = head_on_features(model), features["train"], features["eval"]
+            model = phase_model
+            train, evaluation = (stored[split].map(unpack) if unpack else stored[split] for split in ("train", "eval"))
         else:
             train, evaluation = self.train_examples, self.eval_examples
         batches = partial(endless_batches, train, self.batch_size, self.shuffle_seed)

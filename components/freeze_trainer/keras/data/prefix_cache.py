@@ -1,25 +1,23 @@
 """The frozen-prefix cache: a phase whose frozen prefix is deterministic trains only its live part, on
 the prefix's outputs computed once.
 
-`PrefixFeed` serves the training loops as an `ExampleFeed` does: for each phase it finds the cut
-(prefix_cut.py); where the phase caches, it computes the cut tensors once per example through a
-`FeatureCache` (memory budget, disk spill, a key over the prefix's architecture, weights and the data,
-so a later phase with the same cut and an unchanged prefix reuses them) and returns the live model over
-them, batched in the same seeded order as the examples. Other phases train on the examples.
+Where the schedule says a phase caches (`ScheduledPhase.cache`, decided in phase_schedule.py),
+`cached_models` gives what the `FeatureCache` computes once per example and the model the phase trains on
+it: the frozen prefix to its cut tensors and the live part over them (prefix_cut.py), or, where the whole
+base is frozen, the base to its pooled features and the head over them. `ExampleFeed` batches the cached
+tensors in the same seeded order as the examples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from freeze_trainer.keras.data.example_feed import ExampleFeed, PhaseData, endless_batches
-from freeze_trainer.keras.data.feature_cache import FeatureCache
-from freeze_trainer.keras.planning.phase_schedule import ScheduledPhase
-from freeze_trainer.keras.planning.prefix_cut import PrefixCut, find_cut, live_model, prefix_model
+from freeze_trainer.keras.models.classifier_model import feature_extractor, head_on_features
+from freeze_trainer.keras.planning.phase_schedule import CacheUse
+from freeze_trainer.keras.planning.prefix_cut import PrefixCut, live_model, prefix_model
 
 
 def packed_prefix(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
@@ -35,10 +33,9 @@ def packed_prefix(model: tf.keras.Model, cut: PrefixCut) -> tf.keras.Model:
 
 
 def unpack(cut: PrefixCut):
-    """The inverse of `packed_prefix`'s packing for one (packed, label) example: (cut tensors, label)."""
+    """The inverse of `packed_prefix`'s packing of several cut tensors, for one (packed, label) example:
+    (cut tensors, label)."""
     shapes = [tuple(t.shape[1:]) for t in cut.tensors]
-    if len(shapes) == 1:
-        return lambda packed, label: (packed, label)
     sizes = [int(np.prod(shape)) for shape in shapes]
 
     def split(packed, label):
@@ -48,19 +45,11 @@ def unpack(cut: PrefixCut):
     return split
 
 
-@dataclass(frozen=True)
-class PrefixFeed(ExampleFeed):
-    """An ExampleFeed whose phases with a deterministic frozen prefix train their live part on the cut
-    tensors `prefix_cache` holds; other phases are served as by an ExampleFeed."""
-
-    prefix_cache: FeatureCache | None = None
-
-    def phase_data(self, model: tf.keras.Model, phase: ScheduledPhase) -> PhaseData:
-        cut = find_cut(model, phase.plan)
-        if self.prefix_cache is None or not cut.caches:
-            return super().phase_data(model, phase)
-        splits = {"train": self.train_examples, "eval": self.eval_examples}
-        stored = self.prefix_cache.features(model, splits, self.batch_size, extractor=packed_prefix(model, cut))
-        train, evaluation = (stored[split].map(unpack(cut)) for split in ("train", "eval"))
-        batches = partial(endless_batches, train, self.batch_size, self.shuffle_seed)
-        return PhaseData(live_model(model, cut), batches, evaluation.batch(self.batch_size), cached_features=True)
+def cached_models(model: tf.keras.Model, cache: CacheUse
+                  ) -> tuple[tf.keras.Model, tf.keras.Model, Callable | None]:
+    """(what computes the cached tensors, the model trained on them, how to unpack a cached (tensor,
+    label) example, None when there is nothing to unpack); both models share `model`'s layer objects."""
+    if cache.prefix is None:
+        return feature_extractor(model), head_on_features(model), None
+    packing = unpack(cache.prefix) if len(cache.prefix.tensors) > 1 else None
+    return packed_prefix(model, cache.prefix), live_model(model, cache.prefix), packing

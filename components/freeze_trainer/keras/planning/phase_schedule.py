@@ -12,21 +12,39 @@ is left out when TFX's num_steps is spread over the epochs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+import tensorflow as tf
+
+from freeze_trainer.keras.models.classifier_model import feature_extractor
 from freeze_trainer.keras.planning.freeze_plan import PhasePlan
+from freeze_trainer.keras.planning.prefix_cut import PrefixCut, find_cut
 from freeze_trainer.policy.freeze_policy import length_text
 
-# The cut of today's feature cache: the whole base, frozen, computed once up to its pooled features.
+# The cut of a phase whose whole base is frozen: the base computed once up to its pooled features.
 POOLED_FEATURES = "pooled features"
 
 
 @dataclass(frozen=True)
 class CacheUse:
     """How a phase uses the feature cache: the frozen part of the model below `cut` runs once, and the
-    phase trains what lies above it on the cached outputs."""
+    phase trains what lies above it on the cached outputs. `prefix` is the frozen prefix's cut
+    (prefix_cut.py) where the phase trains part of the base; None where the whole base is frozen and the
+    head trains on the pooled features."""
 
-    cut: str
+    cut: str  # POOLED_FEATURES, or the cut tensors' names: "block_15_add", "conv_c1, add_1"
+    bytes_per_example: int | None = None  # what caching one example takes; None: not known (no model)
+    prefix: PrefixCut | None = field(default=None, compare=False)
+
+    @property
+    def what_trains(self) -> str:
+        """The progress line's words: "head on cached base features", "live part on cached block_15_add"."""
+        return "head on cached base features" if self.prefix is None else f"live part on cached {self.cut}"
+
+    @property
+    def size_text(self) -> str:
+        return "" if self.bytes_per_example is None else f" ({self.bytes_per_example:,} bytes per example)"
 
 
 @dataclass(frozen=True)
@@ -46,12 +64,15 @@ class ScheduledPhase:
     def cache_reason(self) -> str:
         """The run report's words for the cache's use in this phase."""
         if self.cache:
-            return "the head trained on cached base features"
+            return f"used: {self.cache.what_trains}{self.cache.size_text}"
         return "off (feature_cache: off)" if self.cache_blocker == _OFF else f"not used: {self.cache_blocker}"
 
     @property
     def cache_clause(self) -> str:
-        return cache_clause(self.plan, self.cache_blocker)
+        """The plan summary's words: where the phase cuts and what that costs, or why it does not cache."""
+        if self.cache and self.cache.prefix is not None:
+            return f"trains on a cached frozen prefix: cuts at {self.cache.cut}{self.cache.size_text}"
+        return cache_clause(self.plan, self.cache_blocker) + (self.cache.size_text if self.cache else "")
 
     @property
     def number(self) -> int:
@@ -131,19 +152,32 @@ class PhaseSchedule:
 _OFF = "feature_cache: off"
 
 
-def _cache(plan: PhasePlan, feature_cache: bool) -> tuple[CacheUse | None, str | None]:
-    """Where the phase caches, or None with the reason: the one place that decides it."""
+def _bytes_per_example(output) -> int:
+    return int(np.prod(output.shape[1:])) * tf.as_dtype(output.dtype).size
+
+
+def _cache(plan: PhasePlan, feature_cache: bool, model: tf.keras.Model | None
+           ) -> tuple[CacheUse | None, str | None]:
+    """Where the phase caches, or None with the reason: the one place that decides it. The whole base
+    frozen: the pooled features; else, given the model, the frozen prefix's cut where it is deterministic."""
     if not feature_cache:
         return None, _OFF
     if plan.caches_features:
-        return CacheUse(POOLED_FEATURES), None
-    return None, plan.feature_cache_blocker
+        return CacheUse(POOLED_FEATURES, model and _bytes_per_example(feature_extractor(model).output)), None
+    if model is None:
+        return None, plan.feature_cache_blocker
+    cut = find_cut(model, plan)
+    if not cut.caches:
+        return None, cut.blocker
+    return CacheUse(", ".join(cut.names), cut.bytes_per_example, cut), None
 
 
 def build_schedule(plans: list[PhasePlan], feature_cache: bool = True, total_steps: int | None = None,
-                   steps_per_epoch: int | None = None, remainder_steps: int = 0) -> PhaseSchedule:
+                   steps_per_epoch: int | None = None, remainder_steps: int = 0,
+                   model: tf.keras.Model | None = None) -> PhaseSchedule:
     """The schedule of `plans`. `feature_cache`: whether cached features may serve (the `feature_cache`
-    parameter is `auto`). `total_steps` (TFX's train_args.num_steps) is spread exactly over the epochs of
+    parameter is `auto`); `model`, the planned model: without it only phases whose whole base is frozen
+    cache, and no phase says where it would cut. `total_steps` (TFX's train_args.num_steps) is spread exactly over the epochs of
     every phase counted in epochs, at least one step each, the last epoch taking the remainder; without it,
     `steps_per_epoch` (None: one pass over the training examples) and `remainder_steps` are given as is."""
     counted = [index for index, plan in enumerate(plans) if not plan.steps]
@@ -155,7 +189,7 @@ def build_schedule(plans: list[PhasePlan], feature_cache: bool = True, total_ste
     phases, first = [], 0
     for index, plan in enumerate(plans):
         epochs = 1 if plan.steps else plan.epochs
-        cache, reason = _cache(plan, feature_cache)
+        cache, reason = _cache(plan, feature_cache, model)
         phases.append(ScheduledPhase(
             index=index, plan=plan, first_epoch=first, end_epoch=first + epochs,
             steps_per_epoch=plan.steps or steps_per_epoch,

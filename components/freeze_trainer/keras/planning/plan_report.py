@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from freeze_trainer.keras.planning.freeze_plan import HEAD_GROUP, LayerState, PhasePlan
-from freeze_trainer.keras.planning.phase_schedule import cache_clause, newly_trainable, phase_length
+from freeze_trainer.keras.planning.phase_schedule import (
+    PhaseSchedule, ScheduledPhase, build_schedule, cache_clause, newly_trainable, phase_length,
+)
 
 _ROW = "{index:>4}  {name:<32} {cls:<22} {group:<10} {auto:<8} {state:<9} {bn:<7} {lr:<10} {train:>10} {frozen:>10}"
 
@@ -62,14 +64,22 @@ def phase_summary(number: int, total: int, plan: PhasePlan, previous: PhasePlan 
     )
 
 
-def format_plan(plans: list[PhasePlan]) -> list[str]:
+def scheduled(plans: list[PhasePlan] | PhaseSchedule) -> PhaseSchedule:
+    """A schedule's phases as they are; plans scheduled without a model (only phases whose whole base is
+    frozen cache, and no phase says where it would cut)."""
+    return plans if isinstance(plans, PhaseSchedule) else build_schedule(plans)
+
+
+def format_plan(plans: list[PhasePlan] | PhaseSchedule) -> list[str]:
+    """Every phase's summary, then its layers one per row. The cache words are the schedule's."""
     header = _ROW.format(index="#", name="layer", cls="class", group="group", auto="auto", state="state", bn="bn",
                          lr="lr", train="trainable", frozen="frozen")
-    lines = []
-    for number, plan in enumerate(plans, start=1):
-        lines.append(phase_summary(number, len(plans), plan, plans[number - 2] if number > 1 else None))
+    schedule, lines = scheduled(plans), []
+    for phase in schedule:
+        previous = schedule[phase.index - 1].plan if phase.index else None
+        lines.append(phase_summary(phase.number, len(schedule), phase.plan, previous, phase.cache_clause))
         lines.append(header)
-        lines.extend(_row(index, state) for index, state in enumerate(plan.layers))
+        lines.extend(_row(index, state) for index, state in enumerate(phase.plan.layers))
     return lines
 
 
@@ -180,10 +190,12 @@ def group_changes(plan: PhasePlan, previous: PhasePlan) -> list[tuple[list[str],
     return [([name for name, _ in run], run[0][1]) for run in _runs(changed, key=lambda item: item[1])]
 
 
-def _header(number: int, total: int, plan: PhasePlan) -> list[str]:
+def _header(phase: ScheduledPhase, total: int) -> list[str]:
+    plan = phase.plan
     trainable = sum(state.trainable for state in plan.layers)
-    return [f"phase {number}/{total} {plan.phase.name!r}: {phase_length(plan)}, "
-            f"head lr {format_lr(plan.learning_rate)}, {trainable} of {len(plan.layers)} layers trainable", cache_clause(plan)]
+    return [f"phase {phase.number}/{total} {plan.phase.name!r}: {phase_length(plan)}, "
+            f"head lr {format_lr(plan.learning_rate)}, {trainable} of {len(plan.layers)} layers trainable",
+            phase.cache_clause]
 
 
 def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
@@ -206,15 +218,18 @@ def _packed(prefix: str, items: list[str], width: int, indent: str = "    ") -> 
     return lines
 
 
-def format_plan_groups(plans: list[PhasePlan], width: int = 100) -> list[str]:
+def format_plan_groups(plans: list[PhasePlan] | PhaseSchedule, width: int = 100) -> list[str]:
     """Every phase as one table by group (runs of alike groups share a row), what changed from the phase
-    before, and the totals."""
+    before, and the totals; its cache use in the schedule's words (where it cuts, or why not)."""
     lines: list[str] = []
-    for number, plan in enumerate(plans, start=1):
+    schedule = scheduled(plans)
+    plans = schedule.plans
+    for phase in schedule:
+        number, plan = phase.number, phase.plan
         previous = plans[number - 2] if number > 1 else None
         if lines:
             lines.append("")
-        first, *rest = _header(number, len(plans), plan)
+        first, *rest = _header(phase, len(plans))
         lines.extend(_packed(first + ";", rest, width, indent="  "))
         transition = transition_summary(plan, previous, number == 1)
         if transition:
@@ -275,12 +290,15 @@ def format_inputs(shapes: dict[str, list[int | None]]) -> str:
     return f"input{'s' if len(shapes) > 1 else ''} {described}"
 
 
-def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:
+def plan_dict(plans: list[PhasePlan] | PhaseSchedule, context: dict | None = None) -> dict:
     """The plan as plain data (json.dumps-able, the same keys every time): `context` (what was planned, the
-    defaults), then per phase its length, rates, transition, feature cache, totals, groups, changes from the
-    phase before (each changed group's state, BatchNorm modes and rates, before and after) and layers."""
-    phases = []
-    for number, plan in enumerate(plans, start=1):
+    defaults), then per phase its length, rates, transition, feature cache (the schedule's: where it cuts
+    and the cached bytes per example, or why not), totals, groups, changes from the phase before (each
+    changed group's state, BatchNorm modes and rates, before and after) and layers."""
+    phases, schedule = [], scheduled(plans)
+    plans = schedule.plans
+    for phase in schedule:
+        number, plan = phase.number, phase.plan
         previous = plans[number - 2] if number > 1 else None
         before = {group.name: group for group in group_states(previous)} if previous else {}
         changes = [
@@ -296,8 +314,10 @@ def plan_dict(plans: list[PhasePlan], context: dict | None = None) -> dict:
             "steps": plan.steps,
             "learning_rate": plan.learning_rate,
             "transition": plan.transition(),
-            "caches_features": plan.caches_features,
-            "feature_cache_blocker": plan.feature_cache_blocker,
+            "caches_features": phase.cache is not None,
+            "feature_cache_blocker": phase.cache_blocker,
+            "feature_cache_cut": phase.cache.cut if phase.cache else None,
+            "cached_bytes_per_example": phase.cache.bytes_per_example if phase.cache else None,
             "trainable_layers": sum(state.trainable for state in plan.layers),
             "trainable_params": plan.trainable_params,
             "frozen_params": plan.frozen_params,

@@ -14,11 +14,12 @@ REDRAW_SECONDS = 0.05  # Progbar's own interval
 
 
 def phase_header(phase: ScheduledPhase, total: int, epoch_steps: int, cached_features: bool, position: int) -> str:
-    """`phase 2/3 'top': 5 epochs x 40 steps, head on cached base features, resumed at step 37`."""
+    """`phase 2/3 'top': 5 epochs x 40 steps, live part on cached block_15_add, resumed at step 37`; a phase
+    whose whole base is frozen says `head on cached base features` (the schedule's words)."""
     length = phase.length_text if phase.plan.steps else f"{phase.length_text} x {epoch_steps} steps"
     parts = [f"phase {phase.number}/{total} {phase.plan.phase.name!r}: {length}"]
     if cached_features:
-        parts.append("head on cached base features")
+        parts.append(phase.cache.what_trains)
     if position:
         parts.append(f"resumed at step {position}")
     return ", ".join(parts)

@@ -6,7 +6,9 @@ phase ends with the weights of its best evaluated epoch, or of its start (best_w
 covers the training and the restore.
 
 Training data is either fixed batched datasets or an ExampleFeed, which batches each phase afresh and
-may train the head alone on cached base features; the proof always covers the whole classifier. With
+may train only the part of the model above a cached cut (the schedule's `cache`: the head on pooled
+features, or the live part on a frozen prefix's outputs) with the model's own layers and variables; the
+proof, checkpoints and best weights always cover the whole classifier. With
 checkpoints, a rerun resumes at the phase and batch of the latest one, with the batches, weights and
 optimizer state an uninterrupted run would have had there.
 """
@@ -145,7 +147,7 @@ def run_phases(
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
     schedule = plans if isinstance(plans, PhaseSchedule) else build_schedule(
         plans, feature_cache=isinstance(feed, ExampleFeed) and feed.feature_cache is not None,
-        steps_per_epoch=steps_per_epoch, remainder_steps=remainder_steps)
+        steps_per_epoch=steps_per_epoch, remainder_steps=remainder_steps, model=model)
     run = _PhaseRun(model, schedule, train_phase, feed, optimizer or build_phase_optimizer(model, schedule.plans),
                     checkpoint_every_steps, verbose)
     run.start(checkpoint_dir)
