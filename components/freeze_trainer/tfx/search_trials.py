@@ -48,6 +48,21 @@ def phase_name(plan: PhasePlan, index: int) -> str:
     return plan.phase.name or f"phase {index + 1}"
 
 
+def first_phase_context(config: TrainerConfig, data_fingerprint: str, steps_per_epoch: int | None) -> str:
+    """What the first phase's result depends on besides its plan (which `phase_key` adds: the phase's own
+    fields and each layer's resolved state, i.e. trainable, BatchNorm mode and rate): every parameter but
+    the policy's later phases, the data and the steps per epoch. The policy's global `batchnorm` reaches
+    training in two ways only: the model is built with BatchNorm in inference mode or not
+    (`bn_runs_in_inference_mode`, kept here), and each layer's mode and trainability in the plan, where a
+    frozen layer is `frozen` whatever the field. So trials that differ only in `frozen` vs `affine` share a
+    first phase that trains no BatchNorm layer (a frozen base's head phase); `train` builds another model."""
+    policy = config.freeze_policy.model_dump(mode="json", exclude_none=True)
+    policy["phases"] = policy["phases"][:1]
+    policy["batchnorm"] = {"inference_mode": config.freeze_policy.bn_runs_in_inference_mode}
+    parameters = config.model_dump(mode="json", exclude={"freeze_policy"})
+    return json.dumps([parameters, policy, data_fingerprint, steps_per_epoch], sort_keys=True, default=str)
+
+
 class SearchTrials:
     """Runs trials on the data of `fn_args` (TFX's Tuner's) with the trainer parameters `base` (name ->
     value, None for the default); scratch files go under `working_dir`."""
@@ -64,14 +79,6 @@ class SearchTrials:
 
     def close(self) -> None:
         self.feature_cache.close()
-
-    def _context(self, config: TrainerConfig, steps_per_epoch: int | None) -> str:
-        """What the first phase's result depends on besides its plan: every parameter but the policy's
-        later phases (its global fields and first phase stay), the data and the steps per epoch."""
-        policy = config.freeze_policy.model_dump(mode="json", exclude_none=True)
-        policy["phases"] = policy["phases"][:1]
-        parameters = config.model_dump(mode="json", exclude={"freeze_policy"})
-        return json.dumps([parameters, policy, self.data_fingerprint, steps_per_epoch], sort_keys=True, default=str)
 
     def run(self, number: int, values: dict[str, Any]) -> TrialResult:
         """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
@@ -92,7 +99,8 @@ class SearchTrials:
         total_epochs = sum(plan.epochs or 0 for plan in plans)
         train_steps = self.fn_args.train_steps
         steps_per_epoch = math.ceil(train_steps / total_epochs) if train_steps and total_epochs else None
-        key = phase_key(plans, self._context(config, steps_per_epoch)) if can_share_first_phase(plans) else None
+        key = phase_key(plans, first_phase_context(config, self.data_fingerprint, steps_per_epoch)) \
+            if can_share_first_phase(plans) else None
         checkpoint_dir, record, reused = None, None, ()
         if key in self.first_phases:
             checkpoint_dir = os.path.join(self.working_dir, f"trial_{number}", "checkpoints")
