@@ -114,6 +114,20 @@ def _policy_search(search_space: Any, search_dir: str | None, transform, schema_
     )
 
 
+def _tuning(search_space: Any, search_dir: str | None, hyperparameters_uri: str | None, transform, schema_gen,
+            trainer_parameters: dict[str, Any], options: PipelineOptions) -> tuple[Any, dict[str, Any]]:
+    """Where the trainer's hyperparameters come from: a policy search's best values (and its trials, for the
+    run report), an imported file's, or nowhere; the component, and the trainer's inputs from it."""
+    if search_space is not None:
+        search = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options)
+        return search, {"hyperparameters": search.outputs["best_hyperparameters"],
+                        "tuner_results": search.outputs["tuner_results"]}
+    if hyperparameters_uri:
+        importer = _hyperparameters_importer(hyperparameters_uri)
+        return importer, {"hyperparameters": importer.outputs["result"]}
+    return None, {}
+
+
 def _data_components(data_root: Any, image_size: int, transform_module_file: str | None, feature_key: str,
                      label_key: str) -> tuple:
     """ExampleGen, StatisticsGen, SchemaGen and Transform (the user's module or the bundled image one)."""
@@ -210,18 +224,15 @@ def create_pipeline(
     example_gen, statistics_gen, schema_gen, transform = _data_components(
         data_root, options.image_size, transform_module_file, _fixed(trainer_parameters, "feature_key"), label_key)
     model_resolver = _latest_blessed_model()
-    # The trainer's hyperparameters: a policy search's best values, or an imported file's.
-    searching = search_space is not None
-    tuning = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
-        if searching else _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri else None
+    tuning, tuning_inputs = _tuning(search_space, search_dir, hyperparameters_uri, transform, schema_gen,
+                                    trainer_parameters, options)
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
         base_model=model_resolver.outputs["model"] if options.retrain else None,
-        hyperparameters=tuning and tuning.outputs["best_hyperparameters" if searching else "result"],
-        tuner_results=tuning.outputs["tuner_results"] if searching else None,  # the trials, for the report
+        **tuning_inputs,
         custom_config=trainer_custom_config,
         module_file=trainer_module_file,
         train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,

@@ -147,3 +147,18 @@ def test_a_killed_search_resumes_its_finished_trials(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     trials = TRIAL_LINE.findall(result.stdout)
     assert [(number, reused) for number, *_, reused in trials] == [("3", "nothing"), ("4", "head")]
+
+
+def test_unreadable_trials_leave_the_report_without_its_search_section(tmp_path):
+    """The report's trials are a side output: a broken `trials.json` is a warning, never a failed run."""
+    from tfx.types import standard_artifacts
+
+    from freeze_trainer.tfx.search_report import read_trials
+
+    results = standard_artifacts.TunerResults()
+    results.uri = str(tmp_path)
+    (tmp_path / "trials.json").write_text("{not json")
+    assert read_trials({"tuner_results": [results]}) is None
+    (tmp_path / "trials.json").write_text('[{"trial": 2}, {"trial": 1}]')
+    assert read_trials({"tuner_results": [results]}) == [{"trial": 1}, {"trial": 2}]
+    assert read_trials({}) is None
