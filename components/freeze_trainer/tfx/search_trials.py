@@ -4,8 +4,10 @@ Each trial trains as FreezeTrainer would with the trial's values applied (`trial
 `hyperparameters` artifact applies them): the model the parameters describe, the policy's plan, either
 loop, the freeze proof of every phase. What trials share: the examples' schema and files, one
 FeatureCache (its key covers the frozen extractor's weights, so every trial that trains on the same
-frozen base reads the features computed once), and the first phase's result (keras/shared_phases.py):
-a trial whose first phase resolves as an earlier one's did starts at its second phase from that state.
+frozen base reads the features computed once), the frozen-prefix caches (keras/prefix_cache.py: a phase
+whose frozen prefix is deterministic trains only its live part on the prefix's outputs, computed once
+per cut for the whole search), and the first phase's result (keras/shared_phases.py): a trial whose first
+phase resolves as an earlier one's did starts at its second phase from that state.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from freeze_trainer.keras.distribution import choose_strategy
-from freeze_trainer.keras.example_feed import ExampleFeed
-from freeze_trainer.keras.feature_cache import FeatureCache
+from freeze_trainer.keras.feature_cache import FeatureCache, cache_key
 from freeze_trainer.keras.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.phase_runner import build_phase_optimizer
+from freeze_trainer.keras.prefix_cache import PrefixFeed
 from freeze_trainer.keras.shared_phases import (
     PhaseState, RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
 )
@@ -63,6 +65,28 @@ def first_phase_context(config: TrainerConfig, data_fingerprint: str, steps_per_
     return json.dumps([parameters, policy, data_fingerprint, steps_per_epoch], sort_keys=True, default=str)
 
 
+class CachesByCut:
+    """A FeatureCache for each frozen prefix (its cache key: the prefix's architecture and weights, and the
+    data), as PrefixFeed's `prefix_cache`: trials that unfreeze different blocks cut the base at different
+    places, and each cut's outputs are computed once for the whole search (one FeatureCache holds one)."""
+
+    def __init__(self, data_fingerprint: str, spill_dir: str, memory_budget_bytes: int):
+        self.data_fingerprint, self.spill_dir, self.memory_budget_bytes = data_fingerprint, spill_dir, memory_budget_bytes
+        self.caches: dict[str, FeatureCache] = {}
+
+    def features(self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int,
+                 extractor: tf.keras.Model) -> dict[str, tf.data.Dataset]:
+        key = cache_key(extractor, self.data_fingerprint, (1, 0))  # one worker: the Tuner's
+        if key not in self.caches:
+            self.caches[key] = FeatureCache(self.data_fingerprint, os.path.join(self.spill_dir, key),
+                                            self.memory_budget_bytes)
+        return self.caches[key].features(model, examples, batch_size, extractor)
+
+    def close(self) -> None:
+        for cache in self.caches.values():
+            cache.close()
+
+
 class SearchTrials:
     """Runs trials on the data of `fn_args` (TFX's Tuner's) with the trainer parameters `base` (name ->
     value, None for the default); scratch files go under `working_dir`."""
@@ -73,12 +97,16 @@ class SearchTrials:
         self.schema = examples_schema(fn_args, self.tft_output)
         self.data_fingerprint = data_fingerprint(fn_args)
         base_config = TrainerConfig.from_parameters(**base)
-        self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"),
-                                          memory_budget_bytes=base_config.feature_cache_memory_mb << 20)
+        budget = base_config.feature_cache_memory_mb << 20
+        self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"), budget)
+        # The frozen prefix's outputs, per cut (its key covers the prefix's architecture and weights): a
+        # fine-tune phase trains only its live part, and every trial with the same cut reads them.
+        self.prefix_cache = CachesByCut(self.data_fingerprint, os.path.join(working_dir, "prefix_cache"), budget)
         self.first_phases: dict[str, PhaseState] = {}  # phase_key -> the state after that first phase
 
     def close(self) -> None:
         self.feature_cache.close()
+        self.prefix_cache.close()
 
     def run(self, number: int, values: dict[str, Any]) -> TrialResult:
         """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
@@ -94,8 +122,9 @@ class SearchTrials:
             plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
             optimizer = build_phase_optimizer(model, plans)
         train, evaluation = training_examples(self.fn_args, config, self.schema, contract)
-        cache = self.feature_cache if config.feature_cache == "auto" else None
-        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, cache)
+        caching = config.feature_cache == "auto"
+        feed = PrefixFeed(train, evaluation, config.batch_size, config.seed, self.feature_cache if caching else None,
+                          prefix_cache=self.prefix_cache if caching else None)
         total_epochs = sum(plan.epochs or 0 for plan in plans)
         train_steps = self.fn_args.train_steps
         steps_per_epoch = math.ceil(train_steps / total_epochs) if train_steps and total_epochs else None
