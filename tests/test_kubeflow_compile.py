@@ -410,6 +410,14 @@ def test_compile_with_a_search_adds_the_tuner_and_its_space_parameter(tmp_path):
     compiled = json.loads(default)
     assert compiled["max_trials"] == 3  # --max-trials applied to the file's space
     assert compiled["hyperparameters"]["policy.batchnorm"] == ["frozen", "affine"]
+    # A run's own space is checked at submission, against the compiled trainer's values.
+    other = parameter_values(output, {"search_space": '{"version": 1, "hyperparameters": {"epochs": [2, 3]}}'},
+                             plan=False)
+    assert json.loads(other["search_space"])["hyperparameters"] == {"epochs": [2, 3]}
+    with pytest.raises(Refused, match="hyperparameters.policy.batchnrom: unknown hyperparameter; closest: "
+                                      "policy.batchnorm"):
+        parameter_values(output, {"search_space": '{"version": 1, "hyperparameters": {"policy.batchnrom": ["affine"]}}'},
+                         plan=False)
 
     bad_space = tmp_path / "bad.yaml"
     bad_space.write_text("version: 1\nhyperparameters:\n  policy.phases.1.rules.1.unfreeze: [{group: block_99}]\n")
