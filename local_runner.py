@@ -255,16 +255,12 @@ def main(verbose, **options):
 def validated_search(value: str, max_trials: int | None, image_size: int, parameters: dict) -> str:
     """The search space's text for the Tuner, checked (keys, values, every combination planned against the
     base) before anything runs; `max_trials` overrides the space's."""
-    from freeze_trainer.tfx.search_space import SearchSpaceError, plan_combinations, read_search_space
+    from freeze_trainer.tfx.search_space import SearchSpaceError, checked_search_text
 
     try:
-        space = read_search_space(value, parameters)
-        if max_trials:
-            space = space.model_copy(update={"max_trials": max_trials})
-        plan_combinations(space, parameters, (image_size, image_size, 3))
+        return checked_search_text(value, parameters, (image_size, image_size, 3), max_trials)
     except (SearchSpaceError, *user_errors()) as err:
         raise click.UsageError(str(err)) from None
-    return json.dumps(space.model_dump(mode="json", exclude_none=True))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ one worker process per core of the task's machine), `local` (one in-process work
 (`--dataflow-project`, `--dataflow-region`, `--dataflow-temp-location`; the workers run the pipeline
 image). `--beam-arg` adds arguments after the preset's. `--trainer-retries N` retries a failed trainer
 task (default 2; 0: none); a retry resumes from the last checkpoint of the same ModelRun.
+
+`--search SPACE [--max-trials N]` adds FreezeTuner, a policy search before the trainer, whose best values
+the trainer applies. The space is checked at compile time as the local runner checks it (a bad one is one
+line and exit 2) and compiled in as the default of the `search_space` pipeline parameter, which a run may
+set to another space's text.
 """
 
 from __future__ import annotations
@@ -67,7 +72,13 @@ def main(output, **arguments):
     except PolicyError as err:
         raise click.UsageError(str(err)) from None
     options = COMPILE_OPTIONS.validate(arguments, **trainer_parameters)
-    compile_pipeline(options, output)
+    from freeze_trainer.tfx.search_space import SearchSpaceError
+    from freeze_trainer.tfx.trainer_model import USER_ERRORS
+
+    try:
+        compile_pipeline(options, output)
+    except (SearchSpaceError, *USER_ERRORS) as err:  # a bad search space, named before anything is written
+        raise click.UsageError(str(err)) from None
     click.echo(f"wrote {output}")
 
 

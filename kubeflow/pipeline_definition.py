@@ -221,6 +221,18 @@ class CompileOptions(PipelineOptions):
     trainer_resources: TrainerResources = TrainerResources()
     trainer_retry: TrainerRetry = TrainerRetry()
     vertex_training: VertexTraining | None = None
+    search: str | None = Field(
+        None, min_length=1,
+        description="A policy search space (YAML/JSON file), checked and compiled in: FreezeTuner searches it before "
+                    "the trainer, which trains with the best values; the search_space run parameter overrides it.",
+    )
+    max_trials: PositiveInt | None = Field(None, description="With --search: at most N trials.")
+
+    @model_validator(mode="after")
+    def _trials_of_a_search(self) -> CompileOptions:
+        if self.max_trials is not None and self.search is None:
+            raise ValueError("`max_trials` needs `search`")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -281,26 +293,56 @@ def option_refusal(name: str, value: Any) -> str | None:
     return None
 
 
-def parameter_defaults(options: CompileOptions) -> dict[str, Any]:
+def parameter_defaults(options: CompileOptions, search_space: str | None = None) -> dict[str, Any]:
+    """Every pipeline parameter's default: PARAMETER_NAMES', and `search_space` where a search is compiled in."""
     values = {**{name: getattr(options, name) for name in PER_RUN_OPTIONS}, **options.trainer.parameter_values()}
-    return {name: values[name] for name in PARAMETER_NAMES}
+    return {**{name: values[name] for name in PARAMETER_NAMES}, **search_parameter(search_space)}
 
 
-def runtime_parameters(options: CompileOptions) -> dict:
+def runtime_parameters(options: CompileOptions, search_space: str | None = None) -> dict:
     from tfx.orchestration import data_types
 
     return {
-        name: data_types.RuntimeParameter(name=name, ptype=PARAMETER_TYPES[name], default=default)
-        for name, default in parameter_defaults(options).items()
+        name: data_types.RuntimeParameter(name=name, ptype=PARAMETER_TYPES.get(name, str), default=default)
+        for name, default in parameter_defaults(options, search_space).items()
     }
 
 
-def build_pipeline(options: CompileOptions):
-    """The TFX pipeline object KubeflowV2DagRunner compiles."""
+def compiled_search_space(options: CompileOptions) -> str | None:
+    """The search space compiled in (`options.search` with `max_trials` applied), checked as the local runner
+    checks it: keys, values, and every combination planned against the base at the image size. The base's
+    weights behind a URI are not read here: an architecture is planned with random weights (the same
+    layers), a `custom` base not at all (its keys and values are still checked). Raises SearchSpaceError
+    and the trainer's user errors."""
+    from freeze_trainer.tfx.search_space import checked_search_text
+
+    if options.search is None:
+        return None
+    base = options.trainer.parameter_values()
+    remote = "://" in options.trainer.backbone_weights
+    if remote:
+        base["backbone_weights"] = "none"
+    return checked_search_text(options.search, base, (options.image_size, options.image_size, 3), options.max_trials,
+                               plan=not (remote and options.trainer.backbone == "custom"))
+
+
+def search_parameter(search_space: str | None) -> dict:
+    """The compiled space as the `search_space` pipeline parameter (a run may search another), or nothing."""
+    if search_space is None:
+        return {}
+    from freeze_trainer.tfx.search_component import SEARCH_SPACE_PARAMETER
+
+    return {SEARCH_SPACE_PARAMETER: search_space}
+
+
+def build_pipeline(options: CompileOptions, search_space: str | None = None):
+    """The TFX pipeline object KubeflowV2DagRunner compiles; `search_space`: `compiled_search_space`'s."""
     from freeze_trainer import FreezeTrainer
+    from freeze_trainer.tfx.search_component import SEARCH_SPACE_PARAMETER
     from pipelines.freeze_pipeline import create_pipeline
 
     trainer_class, trainer_custom_config = FreezeTrainer, None
+    parameters = runtime_parameters(options, search_space)
     if options.vertex_training is not None:
         from freeze_trainer.tfx.vertex_trainer import VertexFreezeTrainer
 
@@ -316,8 +358,9 @@ def build_pipeline(options: CompileOptions):
         enable_cache=options.enable_cache,
         trainer_class=trainer_class,
         trainer_custom_config=trainer_custom_config,
-        # Compile-time parameters as values, per-run ones (and data_root) as RuntimeParameters.
-        **{**options.trainer.parameter_values(), **runtime_parameters(options)},
+        search_space=parameters.pop(SEARCH_SPACE_PARAMETER, None),
+        # Compile-time parameters as values, per-run ones (data_root, the search space) as RuntimeParameters.
+        **{**options.trainer.parameter_values(), **parameters},
     )
     resources = options.trainer_resources.resource_spec()
     if resources is not None:
@@ -332,7 +375,8 @@ def trainer_node(pipeline):
 
 def compile_pipeline(options: CompileOptions, output_path: str) -> dict:
     """Writes `output_path`: a Vertex PipelineJob for `.json`, a KFP v2 PipelineSpec for `.yaml`.
-    Returns the PipelineJob as a dict."""
+    Returns the PipelineJob as a dict. A bad `options.search` raises SearchSpaceError (or the trainer's
+    user errors) before anything is compiled."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     if not output_path.endswith((".json", ".yaml", ".yml")):
@@ -341,9 +385,10 @@ def compile_pipeline(options: CompileOptions, output_path: str) -> dict:
         # Schema 2.1 passes parameters as typed values (`parameterValues`), which KFP 2 and Vertex expect.
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=options.image, use_pipeline_spec_2_1=True),
     )
-    defaults = parameter_defaults(options)
+    search_space = compiled_search_space(options)  # checked before anything is compiled
+    defaults = parameter_defaults(options, search_space)
     # The Vertex PipelineJob carries the defaults in runtimeConfig.parameterValues ...
-    job = runner.run(build_pipeline(options), parameter_values=defaults, write_out=False)
+    job = runner.run(build_pipeline(options, search_space), parameter_values=defaults, write_out=False)
     # ... but TFX leaves them out of the PipelineSpec, so a KFP run (which has only the spec) would have
     # to set every parameter. Declaring them as the root's defaultValue makes every parameter optional.
     root_parameters = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]

@@ -182,16 +182,31 @@ def parameter_values(path: str, overrides: dict[str, Any], plan: bool = True) ->
             raise Refused(str(err)) from None
     # The trainer's own validation, on the values the run will see (overrides over compiled defaults).
     effective = {name: parameter.get("defaultValue") for name, parameter in declared.items()} | values
+    trainer_values = compiled_trainer_values(spec, effective, path)
     try:
-        config = TrainerConfig.from_parameters(**compiled_trainer_values(spec, effective, path))
+        config = TrainerConfig.from_parameters(**trainer_values)
     except (PolicyError, ConfigError) as err:
         raise Refused(str(err)) from None
+    if "search_space" in values:  # a policy search's space, checked against the trainer's values as compiled
+        values["search_space"] = checked_search_space(values["search_space"], trainer_values)
     if plan:
         if _uses_user_code(spec):
             echo_error("warning: the freeze policy is not planned: the trainer task runs a module of its own")
         elif warning := plan_compiled(config, compiled_image_size(spec, path), path):
             echo_error(warning)
     return values
+
+
+def checked_search_space(text: str, trainer_values: dict[str, Any]) -> str:
+    """A run's `search_space` (a spec compiled with `--search`): its keys and values checked against the
+    trainer's parameters, as the Tuner will check them when it starts; the JSON text it will read."""
+    from freeze_trainer.tfx.search_space import SearchSpaceError, parse_search_space
+
+    try:
+        space = parse_search_space(text, trainer_values)
+    except SearchSpaceError as err:
+        raise Refused(str(err)) from None
+    return json.dumps(space.model_dump(mode="json", exclude_none=True))
 
 
 def overrides_from_options(params: tuple[str, ...], freeze_policy: str | None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import freeze_trainer  # noqa: F401, I001  (first: sets TF_USE_LEGACY_KERAS before TFX imports TensorFlow)
 import tensorflow_model_analysis as tfma
-from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform, Tuner
+from tfx.components import Evaluator, ImportExampleGen, SchemaGen, StatisticsGen, Transform
 from tfx.dsl.components.common.importer import Importer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -96,21 +96,36 @@ def _fixed(trainer_parameters: dict[str, Any], name: str) -> Any:
     return TrainerConfig.model_fields[name].default if value is None else value
 
 
-def _policy_search(search_space: str, search_dir: str | None, transform, schema_gen, trainer_parameters: dict[str, Any],
-                   options: PipelineOptions) -> Tuner:
-    """TFX's Tuner running the freeze-aware policy search (freeze_trainer.tfx.tuner) on the trainer's data."""
-    from freeze_trainer.tfx.tuner import SEARCH_DIR_KEY, SEARCH_SPACE_KEY, TRAINER_PARAMETERS_KEY
+def _policy_search(search_space: Any, search_dir: str | None, transform, schema_gen, trainer_parameters: dict[str, Any],
+                   options: PipelineOptions):
+    """TFX's Tuner running the freeze-aware policy search (freeze_trainer.tfx.search_component) on the
+    trainer's data, with the trainer's parameters (values or RuntimeParameters, as the trainer has them)."""
+    from freeze_trainer.tfx.search_component import FreezeTuner
 
-    return Tuner(
+    return FreezeTuner(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        tuner_fn="freeze_trainer.tfx.tuner.tuner_fn",
-        custom_config={SEARCH_SPACE_KEY: search_space, TRAINER_PARAMETERS_KEY: trainer_parameters,
-                       **({SEARCH_DIR_KEY: search_dir} if search_dir else {})},
+        search_space=search_space,
+        search_dir=search_dir,
         train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,
         eval_args=trainer_pb2.EvalArgs(num_steps=options.eval_steps) if options.eval_steps else None,
+        **trainer_parameters,
     )
+
+
+def _tuning(search_space: Any, search_dir: str | None, hyperparameters_uri: str | None, transform, schema_gen,
+            trainer_parameters: dict[str, Any], options: PipelineOptions) -> tuple[Any, dict[str, Any]]:
+    """Where the trainer's hyperparameters come from: a policy search's best values (and its trials, for the
+    run report), an imported file's, or nowhere; the component, and the trainer's inputs from it."""
+    if search_space is not None:
+        search = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options)
+        return search, {"hyperparameters": search.outputs["best_hyperparameters"],
+                        "tuner_results": search.outputs["tuner_results"]}
+    if hyperparameters_uri:
+        importer = _hyperparameters_importer(hyperparameters_uri)
+        return importer, {"hyperparameters": importer.outputs["result"]}
+    return None, {}
 
 
 def _data_components(data_root: Any, image_size: int, transform_module_file: str | None, feature_key: str,
@@ -189,7 +204,7 @@ def create_pipeline(
     transform_module_file: str | None = None,
     trainer_module_file: str | None = None,
     hyperparameters_uri: str | None = None,
-    search_space: str | None = None,
+    search_space: Any = None,
     search_dir: str | None = None,
     **trainer_parameters: Any,
 ) -> pipeline.Pipeline:
@@ -202,22 +217,22 @@ def create_pipeline(
     parameters); `trainer_module_file` a `run_fn` or a `build_model` hook. `hyperparameters_uri`, a folder
     holding one KerasTuner hyperparameters file (what TFX's Tuner writes as `best_hyperparameters`), is
     imported and overrides the trainer parameters it names. `search_space`, a policy search's YAML or JSON
-    text (tfx/search_space.py), adds TFX's Tuner with the freeze-aware `tuner_fn`, whose `best_hyperparameters`
-    the trainer takes instead; its state goes to `search_dir`, where a rerun resumes it."""
+    text (tfx/search_space.py) or a RuntimeParameter, adds FreezeTuner (TFX's Tuner with the freeze-aware
+    `tuner_fn`), whose `best_hyperparameters` the trainer takes instead, and whose trials its run report shows;
+    its state goes to `search_dir`, where a rerun resumes it (default: the Tuner's `tuner_results`)."""
     label_key = _fixed(trainer_parameters, "label_key")
     example_gen, statistics_gen, schema_gen, transform = _data_components(
         data_root, options.image_size, transform_module_file, _fixed(trainer_parameters, "feature_key"), label_key)
     model_resolver = _latest_blessed_model()
-    # The trainer's hyperparameters: a policy search's best values, or an imported file's.
-    tuning = _policy_search(search_space, search_dir, transform, schema_gen, trainer_parameters, options) \
-        if search_space else _hyperparameters_importer(hyperparameters_uri) if hyperparameters_uri else None
+    tuning, tuning_inputs = _tuning(search_space, search_dir, hyperparameters_uri, transform, schema_gen,
+                                    trainer_parameters, options)
     trainer = trainer_class(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         **trainer_parameters,
         base_model=model_resolver.outputs["model"] if options.retrain else None,
-        hyperparameters=tuning and tuning.outputs["best_hyperparameters" if search_space else "result"],
+        **tuning_inputs,
         custom_config=trainer_custom_config,
         module_file=trainer_module_file,
         train_args=trainer_pb2.TrainArgs(num_steps=options.train_steps) if options.train_steps else None,

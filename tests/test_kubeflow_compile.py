@@ -380,3 +380,54 @@ def test_compiled_pipelines_retry_the_trainer_twice_by_default(tmp_path, flags, 
     assert result.exit_code == 0, result.output
     task = load_pipeline_spec(output).root.dag.tasks["FreezeTrainer"]
     assert (task.retry_policy.max_retry_count if task.HasField("retry_policy") else None) == retries
+
+
+SEARCH_SPACE_FILE = f"{REPO_ROOT}/kubeflow/policies/search_top_block.yaml"
+HEAD_THEN_TOP_POLICY_FILE = f"{REPO_ROOT}/kubeflow/policies/head_then_top.json"
+
+
+def test_compile_with_a_search_adds_the_tuner_and_its_space_parameter(tmp_path):
+    """`--search` compiles FreezeTuner in before the trainer (its best values and its trials feed the trainer),
+    the space, checked, the default of the `search_space` pipeline parameter; the trainer's per-run parameters
+    reach the Tuner as pipeline parameters too. A bad space is one line and exit 2, nothing written."""
+    common = ["--image", IMAGE, "--pipeline-root", "gs://b/root", "--serving-dir", "gs://b/serving",
+              "--data-root", "gs://b/data", "--freeze-policy", HEAD_THEN_TOP_POLICY_FILE]
+    output = str(tmp_path / "pipeline.yaml")
+    result = CliRunner().invoke(compile_cli.main, ["--output", output, *common, "--search", SEARCH_SPACE_FILE,
+                                                   "--max-trials", "3"])
+    assert result.exit_code == 0, result.output
+    spec = load_pipeline_spec(output)
+    tasks = spec.root.dag.tasks
+    assert "FreezeTuner" in tasks and "FreezeTuner" in tasks["FreezeTrainer"].dependent_tasks
+    trainer_inputs = tasks["FreezeTrainer"].inputs.artifacts
+    assert {key: trainer_inputs[key].task_output_artifact.producer_task for key in ("hyperparameters", "tuner_results")} \
+        == {"hyperparameters": "FreezeTuner", "tuner_results": "FreezeTuner"}
+    tuner = tasks["FreezeTuner"].inputs.parameters
+    assert tuner["search_space"].component_input_parameter == "search_space"
+    assert all(tuner[name].component_input_parameter == name for name in PARAMETER_NAMES if name != "data_root")
+    default = yaml.safe_load(open(output).read().split("\n", 1)[1])
+    default = default["root"]["inputDefinitions"]["parameters"]["search_space"]["defaultValue"]
+    compiled = json.loads(default)
+    assert compiled["max_trials"] == 3  # --max-trials applied to the file's space
+    assert compiled["hyperparameters"]["policy.batchnorm"] == ["frozen", "affine"]
+    # A run's own space is checked at submission, against the compiled trainer's values.
+    other = parameter_values(output, {"search_space": '{"version": 1, "hyperparameters": {"epochs": [2, 3]}}'},
+                             plan=False)
+    assert json.loads(other["search_space"])["hyperparameters"] == {"epochs": [2, 3]}
+    with pytest.raises(Refused, match="hyperparameters.policy.batchnrom: unknown hyperparameter; closest: "
+                                      "policy.batchnorm"):
+        parameter_values(output, {"search_space": '{"version": 1, "hyperparameters": {"policy.batchnrom": ["affine"]}}'},
+                         plan=False)
+
+    bad_space = tmp_path / "bad.yaml"
+    bad_space.write_text("version: 1\nhyperparameters:\n  policy.phases.1.rules.1.unfreeze: [{group: block_99}]\n")
+    for flags, message in (
+        (["--search", str(bad_space)], "search space: hyperparameters.policy.phases.1.rules.1.unfreeze: value "
+                                       "{\"group\":\"block_99\"}: phases[1].rules[1].unfreeze.group: group 'block_99' "
+                                       "does not exist for this backbone"),
+        (["--max-trials", "2"], "--max-trials needs --search"),
+    ):
+        refused = CliRunner().invoke(compile_cli.main, ["--output", str(tmp_path / "refused.yaml"), *common, *flags])
+        assert refused.exit_code == 2 and message in " ".join(refused.output.split()), refused.output
+        assert "Traceback" not in refused.output
+    assert not (tmp_path / "refused.yaml").exists()

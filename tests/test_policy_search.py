@@ -83,6 +83,33 @@ def test_best_values_are_applied_and_recorded_on_the_model(search_run):
     assert policy["phases"][1]["learning_rate"] == recorded["policy.phases.1.learning_rate"]
 
 
+def test_the_tuner_keeps_every_trial_and_the_report_shows_them(search_run):
+    """FreezeTuner's `tuner_results` output holds `trials.json` (every trial's values, objective, seconds and
+    reused phases); FreezeTrainer takes it, and its run report has the trials table and their plot."""
+    output_dir, result = search_run
+    (trials_path,) = glob.glob(os.path.join(output_dir, "pipeline_root", "FreezeTuner", "tuner_results", "*",
+                                            "trials.json"))
+    with open(trials_path) as f:
+        trials = json.load(f)
+    assert [trial["trial"] for trial in trials] == [1, 2, 3, 4]  # max_trials rows: the grid of 4
+    lines = {int(number): (float(score), float(seconds), reused)
+             for number, _, _, score, seconds, reused in TRIAL_LINE.findall(result.stdout)}
+    for trial in trials:
+        score, seconds, reused = lines[trial["trial"]]
+        assert set(trial["values"]) == {"policy.phases.1.learning_rate", "policy.phases.1.rules.1.unfreeze"}
+        assert round(trial["objective"]["val_accuracy"], 3) == score and trial["direction"] == "max"
+        assert abs(trial["seconds"] - seconds) < 0.1
+        assert (", ".join(trial["reused"]) or "nothing") == reused
+    (report_path,) = glob.glob(os.path.join(output_dir, "pipeline_root", "FreezeTrainer", "model_run", "*",
+                                            "report.html"))
+    with open(report_path) as f:
+        page = f.read()
+    section = page[page.index('<section id="search">'):page.index("</section>", page.index('<section id="search">'))]
+    assert section.count("<tr>") == 1 + len(trials)  # the header and one row a trial
+    assert section.count("<td><strong>applied</strong></td>") == 1  # the trial whose values it applied
+    assert 'alt="The objective by trial, and the best so far" src="data:image/png;base64,' in section
+
+
 def test_an_unknown_key_is_refused_before_any_component_runs(tmp_path):
     space_path = tmp_path / "space.yaml"
     space_path.write_text("version: 1\nhyperparameters:\n  policy.batchnrom: [frozen, affine]\n")
@@ -120,3 +147,18 @@ def test_a_killed_search_resumes_its_finished_trials(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     trials = TRIAL_LINE.findall(result.stdout)
     assert [(number, reused) for number, *_, reused in trials] == [("3", "nothing"), ("4", "head")]
+
+
+def test_unreadable_trials_leave_the_report_without_its_search_section(tmp_path):
+    """The report's trials are a side output: a broken `trials.json` is a warning, never a failed run."""
+    from tfx.types import standard_artifacts
+
+    from freeze_trainer.tfx.search_report import read_trials
+
+    results = standard_artifacts.TunerResults()
+    results.uri = str(tmp_path)
+    (tmp_path / "trials.json").write_text("{not json")
+    assert read_trials({"tuner_results": [results]}) is None
+    (tmp_path / "trials.json").write_text('[{"trial": 2}, {"trial": 1}]')
+    assert read_trials({"tuner_results": [results]}) == [{"trial": 1}, {"trial": 2}]
+    assert read_trials({}) is None

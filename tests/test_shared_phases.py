@@ -104,3 +104,41 @@ def test_the_key_covers_the_first_phase_and_not_the_later_ones():
     assert key(_policy(UNFREEZE_B)) != key(_policy(UNFREEZE_B), context="other data")
     restoring = _policy(UNFREEZE_B, restore_best=True)
     assert not can_share_first_phase(plan_policy(policy_from_dict(restoring), model, 1e-2, 1))
+
+
+def test_an_affine_trial_from_a_frozen_trials_head_phase_ends_as_one_that_trained_it(first_trial, tmp_path):
+    """BatchNorm `frozen` vs `affine` changes nothing in a head phase on the frozen base (its BatchNorm layers
+    are frozen and in inference mode either way): an affine trial that unfreezes the base (its BatchNorm's
+    scale and offset train) started from the frozen trial's head phase ends bit-identical to the same affine
+    trial trained whole."""
+    _, _, state = first_trial
+    affine = {**_policy(UNFREEZE_ALL), "batchnorm": "affine"}
+    whole_model, whole_checks, _, _ = _trial(affine)
+    model, checks, _, batches = _trial(affine, state, str(tmp_path))
+    assert batches == 4
+    assert [check.as_dict() for check in checks] == [check.as_dict() for check in whole_checks]
+    bn_scale = next(v for v in model.variables if "bn/gamma" in v.name)
+    assert not np.array_equal(bn_scale.numpy(), np.ones_like(bn_scale.numpy()))  # affine trained it
+    for ours, whole in zip(model.variables, whole_model.variables, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), whole.numpy(), err_msg=ours.name)
+
+
+def test_the_search_key_shares_a_head_phase_across_frozen_and_affine_batchnorm_only():
+    """The search's context keeps of `policy.batchnorm` only whether BatchNorm runs in inference mode; the
+    plan keeps each layer's mode. A first phase that trains a BatchNorm layer is not shared across modes."""
+    import json
+
+    from freeze_trainer.tfx.search_trials import first_phase_context
+    from freeze_trainer.tfx.trainer_config import TrainerConfig
+
+    model = _tiny()
+
+    def key(policy: dict, batchnorm: str) -> str:
+        config = TrainerConfig.from_parameters(freeze_policy=json.dumps({**policy, "batchnorm": batchnorm}))
+        plans = plan_policy(config.freeze_policy, model, 1e-2, 1)
+        return phase_key(plans, first_phase_context(config, "data", None))
+
+    head_then_base = _policy(UNFREEZE_ALL)
+    assert key(head_then_base, "frozen") == key(head_then_base, "affine") != key(head_then_base, "train")
+    base_first = _policy(UNFREEZE_B, head={**HEAD, "rules": UNFREEZE_ALL})  # the first phase trains the BatchNorm
+    assert key(base_first, "frozen") != key(base_first, "affine")

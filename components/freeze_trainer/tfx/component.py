@@ -15,21 +15,29 @@ from tfx.components.util import udf_utils
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import trainer_pb2
 from tfx.types import standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ExecutionParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils
 
 from freeze_trainer.policy import FROZEN_BASE_POLICY
 from freeze_trainer.tfx.executor import Executor
+from freeze_trainer.tfx.search_report import TUNER_RESULTS_KEY
 from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, check_literal_parameters
 
 
+# The table's parameters as top-level execution parameters (FreezeTrainer's, and FreezeTuner's: its trials
+# train as the trainer does).
+TRAINER_EXECUTION_PARAMETERS = {
+    parameter.name: ExecutionParameter(type=parameter.pipeline_type, optional=parameter.name != "freeze_policy")
+    for parameter in TRAINER_PARAMETERS
+}
+
+
 class FreezeTrainerSpec(standard_component_specs.TrainerSpec):
-    PARAMETERS = {
-        **standard_component_specs.TrainerSpec.PARAMETERS,
-        **{
-            parameter.name: ExecutionParameter(type=parameter.pipeline_type, optional=parameter.name != "freeze_policy")
-            for parameter in TRAINER_PARAMETERS
-        },
+    PARAMETERS = {**standard_component_specs.TrainerSpec.PARAMETERS, **TRAINER_EXECUTION_PARAMETERS}
+    INPUTS = {
+        **standard_component_specs.TrainerSpec.INPUTS,
+        # A policy search's trials (FreezeTuner's `tuner_results`, holding `trials.json`), for the run report.
+        TUNER_RESULTS_KEY: ChannelParameter(type=standard_artifacts.TunerResults, optional=True),
     }
 
 
@@ -53,6 +61,8 @@ class FreezeTrainer(base_component.BaseComponent):
       module_file: A user module file holding `run_fn`; at most one of `module_file` and `run_fn`.
       run_fn: The dotted path of a user `run_fn`.
       custom_config: A dict passed to `run_fn` as `fn_args.custom_config`.
+      tuner_results: An optional `BaseChannel` of `TunerResults`: a FreezeTuner's, whose trials the run
+        report shows (the search that made `hyperparameters`).
       **training_parameters: Any of the trainer parameters below, each a value or a `RuntimeParameter`;
         unset ones take the default.
 
@@ -79,6 +89,7 @@ class FreezeTrainer(base_component.BaseComponent):
         module_file: str | None = None,
         run_fn: str | None = None,
         custom_config: dict | None = None,
+        tuner_results: types.BaseChannel | None = None,
         **training_parameters,
     ):
         if module_file and run_fn:
@@ -94,6 +105,7 @@ class FreezeTrainer(base_component.BaseComponent):
             schema=schema,
             base_model=base_model,
             hyperparameters=hyperparameters,
+            tuner_results=tuner_results,
             train_args=train_args or trainer_pb2.TrainArgs(),
             eval_args=eval_args or trainer_pb2.EvalArgs(),
             module_file=module_file,

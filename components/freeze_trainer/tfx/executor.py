@@ -25,6 +25,7 @@ from tfx.utils import io_utils, path_utils
 from tensorflow.python.lib.io import file_io
 
 from freeze_trainer.keras.distribution import is_chief
+from freeze_trainer.tfx.search_report import TRIALS_KEY, read_trials
 from freeze_trainer.tfx.resume import adopted_checkpoints, custom_config_of
 from freeze_trainer.tfx.serving_export import EXTRA_ASSETS_DIR, FREEZE_REPORT_ASSET, read_extra_asset
 from freeze_trainer.tfx.trainer_config import (
@@ -114,6 +115,7 @@ class Executor(GenericExecutor):
     _config: TrainerConfig
     _build_model: Any = None
     _user_code: str | None = None
+    _trials: list[dict] | None = None
 
     def Do(
         self,
@@ -131,6 +133,7 @@ class Executor(GenericExecutor):
         if model_own:
             print(f"Hyperparameters for the trainer module's model: {json.dumps(model_own)}", flush=True)
         exec_properties = self._with_run_fn(exec_properties)
+        self._trials = read_trials(input_dict)  # a FreezeTuner's, for the run report
         if not is_chief():
             self._train_as_non_chief(input_dict, output_dict, exec_properties)
             return
@@ -168,6 +171,8 @@ class Executor(GenericExecutor):
             extra[BUILD_MODEL_KEY] = self._build_model
         if self._user_code is not None:
             extra[USER_CODE_KEY] = self._user_code
+        if self._trials:
+            extra[TRIALS_KEY] = self._trials
         fn_args.custom_config = {**(fn_args.custom_config or {}), **extra}
         return fn_args
 

@@ -37,6 +37,7 @@ from freeze_trainer.keras.training.with_proof import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract, resolve_contract
 from freeze_trainer.tfx.executor import BUILD_MODEL_KEY, USER_CODE_KEY, trainer_config
 from freeze_trainer.tfx.run_report import HISTORY_FILE, write_run_report
+from freeze_trainer.tfx.search_report import TRIALS_KEY
 from freeze_trainer.tfx.serving_export import FREEZE_POLICY_ASSET, FREEZE_REPORT_ASSET, export_serving_model
 from freeze_trainer.tfx.trainer_config import TrainerConfig, hyperparameter_values, model_hyperparameters
 from freeze_trainer.tfx.trainer_model import base_model_name, bind_inputs, build_from_config
@@ -280,7 +281,9 @@ def publish(fn_args: FnArgs, run: PreparedRun, checks, metrics: dict[str, float]
                            model_source(config, run.user_code, run.model))
     logging.info("Freeze check passed for every phase: %s", report["phases"])
     history_path = os.path.join(fn_args.model_run_dir, HISTORY_FILE)
-    report_assets = write_run_report(config, run.schedule, report, history_path, fn_args.model_run_dir)
+    report_assets = write_run_report(config, run.schedule, report, history_path, fn_args.model_run_dir,
+                                     trials=(fn_args.custom_config or {}).get(TRIALS_KEY),
+                                     applied=hyperparameter_values(fn_args.hyperparameters))
     # Every worker saves (saving a distributed model is a collective), only the chief where it counts.
     export_dir = fn_args.serving_model_dir if is_chief() else tempfile.mkdtemp(prefix="worker-export-")
     raw_feature_spec = run.tft_output.raw_feature_spec() if run.tft_output else schema_utils.schema_as_feature_spec(

@@ -29,6 +29,7 @@ from freeze_trainer.keras.planning.plan_picture import plan_figure
 from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule, build_schedule
 from freeze_trainer.keras.planning.plan_report import format_lr, format_plan_groups, phase_summary
 from freeze_trainer.keras.training.training_curves import curves_figure, read_history
+from freeze_trainer.tfx.search_report import search_section, trials_figure
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
 REPORT_ASSET = "report.html"
@@ -65,10 +66,19 @@ def _best_epoch(freeze_report: dict, index: int) -> int | None:
     return checks[index].get("best_epoch") if index < len(checks) else None
 
 
+def _search(trials: list[dict] | None, applied: dict[str, Any] | None) -> dict | None:
+    """The policy search's section: its trials (a FreezeTuner's, search_report.py) and their plot."""
+    if not trials:
+        return None
+    return {**search_section(trials, applied), "plot_png": _picture("trials plot", lambda: trials_figure(trials))}
+
+
 def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, freeze_report: dict,
-                history: list[dict], tensorboard_logdir: str) -> dict:
+                history: list[dict], tensorboard_logdir: str, trials: list[dict] | None = None,
+                applied: dict[str, Any] | None = None) -> dict:
     """Everything the report shows, as JSON-ready data; `evaluation` stays None until the Pusher adds it.
-    `plans`: the run's schedule (plans are scheduled as the trainer would)."""
+    `plans`: the run's schedule (plans are scheduled as the trainer would); `trials`: the policy search's
+    that chose `applied`, the hyperparameters the trainer applied."""
     schedule = _schedule(config, plans)
     plans = schedule.plans
     return {
@@ -87,18 +97,20 @@ def report_data(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, f
             for phase in schedule
         ],
         "tensorboard_logdir": tensorboard_logdir,
+        "search": _search(trials, applied),
         "evaluation": None,
     }
 
 
 def write_run_report(config: TrainerConfig, plans: list[PhasePlan] | PhaseSchedule, freeze_report: dict, history_path: str,
-                     model_run_dir: str) -> dict[str, dict | str]:
+                     model_run_dir: str, trials: list[dict] | None = None, applied: dict[str, Any] | None = None
+                     ) -> dict[str, dict | str]:
     """The trainer's part: the page and its curves picture into the ModelRun (by the chief, beside the
     TensorBoard logs), and the report's assets for the serving model, by name. Best-effort: the model
     it describes has trained, so a failure is a warning and no report, never a failed run."""
     try:
         data = report_data(config, plans, freeze_report, read_history(history_path) if is_chief() else [],
-                           model_run_dir)
+                           model_run_dir, trials, applied)
         page = render_report(data)
         if is_chief():
             with tf.io.gfile.GFile(os.path.join(model_run_dir, REPORT_ASSET), "w") as f:

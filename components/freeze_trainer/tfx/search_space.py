@@ -318,6 +318,20 @@ def read_search_space(value: str, base: dict[str, Any]) -> SearchSpace:
     return parse_search_space(text, base)
 
 
+def checked_search_text(value: str, base: dict[str, Any], input_shape: tuple[int, ...] | None,
+                        max_trials: int | None = None, plan: bool = True) -> str:
+    """A search space given as a file or inline (`read_search_space`), checked against `base` and, with
+    `plan`, every combination planned (`plan_combinations`), as the JSON text a Tuner takes; `max_trials`
+    overrides the space's. Raises SearchSpaceError, PolicyError, ConfigError and what building the base
+    model raises for a bad weights file."""
+    space = read_search_space(value, base)
+    if max_trials:
+        space = space.model_copy(update={"max_trials": max_trials})
+    if plan:
+        plan_combinations(space, base, input_shape)
+    return json.dumps(space.model_dump(mode="json", exclude_none=True))
+
+
 def plan_combinations(space: SearchSpace, base: dict[str, Any], input_shape: tuple[int, ...] | None,
                       num_classes: int = 2, models: dict | None = None) -> list[tuple[dict[str, Any], list]]:
     """Plans every value alone, then every combination, against the base model, without data: each

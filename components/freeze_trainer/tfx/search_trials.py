@@ -2,16 +2,16 @@
 
 Each trial trains as FreezeTrainer would with the trial's values applied (`trial_config`, as a
 `hyperparameters` artifact applies them): the model the parameters describe, the policy's plan, either
-loop, the freeze proof of every phase. What trials share: the examples' schema and files, one
-FeatureCache (its key covers the frozen extractor's weights, so every trial that trains on the same
-frozen base reads the features computed once), and the first phase's result (keras/training/shared_phases.py):
+loop, the freeze proof of every phase, on the schedule the trainer would build. What trials share: the
+examples' schema and files, a FeatureCache per cut (`CachesByCut`: where the schedule caches a phase,
+its frozen base's pooled features or its frozen prefix's outputs are computed once for the whole search,
+the key covering the frozen part's weights), and the first phase's result (keras/training/shared_phases.py):
 a trial whose first phase resolves as an earlier one's did starts at its second phase from that state.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -23,8 +23,9 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from freeze_trainer.keras.distribution import choose_strategy
 from freeze_trainer.keras.data.example_feed import ExampleFeed
-from freeze_trainer.keras.data.feature_cache import FeatureCache
+from freeze_trainer.keras.data.feature_cache import FeatureCache, cache_key
 from freeze_trainer.keras.planning.freeze_plan import PhasePlan, plan_policy
+from freeze_trainer.keras.planning.phase_schedule import build_schedule
 from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
 from freeze_trainer.keras.training.shared_phases import (
     PhaseState, RecordFirstPhase, can_share_first_phase, phase_key, write_resume_checkpoint,
@@ -48,6 +49,45 @@ def phase_name(plan: PhasePlan, index: int) -> str:
     return plan.phase.name or f"phase {index + 1}"
 
 
+def first_phase_context(config: TrainerConfig, data_fingerprint: str, first_phase_steps: tuple | None) -> str:
+    """What the first phase's result depends on besides its plan (which `phase_key` adds: the phase's own
+    fields and each layer's resolved state, i.e. trainable, BatchNorm mode and rate): every parameter but
+    the policy's later phases, the data and the first phase's steps (per epoch, and the remainder). The policy's global `batchnorm` reaches
+    training in two ways only: the model is built with BatchNorm in inference mode or not
+    (`bn_runs_in_inference_mode`, kept here), and each layer's mode and trainability in the plan, where a
+    frozen layer is `frozen` whatever the field. So trials that differ only in `frozen` vs `affine` share a
+    first phase that trains no BatchNorm layer (a frozen base's head phase); `train` builds another model."""
+    policy = config.freeze_policy.model_dump(mode="json", exclude_none=True)
+    policy["phases"] = policy["phases"][:1]
+    policy["batchnorm"] = {"inference_mode": config.freeze_policy.bn_runs_in_inference_mode}
+    parameters = config.model_dump(mode="json", exclude={"freeze_policy"})
+    return json.dumps([parameters, policy, data_fingerprint, first_phase_steps], sort_keys=True, default=str)
+
+
+class CachesByCut:
+    """A FeatureCache for each frozen part a phase trains over (its cache key: that part's architecture and
+    weights, and the data), serving as the trials' ExampleFeed's feature cache: a head phase reads the
+    frozen base's pooled features and a fine-tune phase its frozen prefix's outputs, trials that unfreeze
+    different blocks cut the base at different places, and each is computed once for the whole search
+    (one FeatureCache holds one key, as one run's phases need)."""
+
+    def __init__(self, data_fingerprint: str, spill_dir: str, memory_budget_bytes: int):
+        self.data_fingerprint, self.spill_dir, self.memory_budget_bytes = data_fingerprint, spill_dir, memory_budget_bytes
+        self.caches: dict[str, FeatureCache] = {}
+
+    def features(self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int,
+                 extractor: tf.keras.Model) -> dict[str, tf.data.Dataset]:
+        key = cache_key(extractor, self.data_fingerprint, (1, 0))  # one worker: the Tuner's
+        if key not in self.caches:
+            self.caches[key] = FeatureCache(self.data_fingerprint, os.path.join(self.spill_dir, key),
+                                            self.memory_budget_bytes)
+        return self.caches[key].features(model, examples, batch_size, extractor)
+
+    def close(self) -> None:
+        for cache in self.caches.values():
+            cache.close()
+
+
 class SearchTrials:
     """Runs trials on the data of `fn_args` (TFX's Tuner's) with the trainer parameters `base` (name ->
     value, None for the default); scratch files go under `working_dir`."""
@@ -58,20 +98,12 @@ class SearchTrials:
         self.schema = examples_schema(fn_args, self.tft_output)
         self.data_fingerprint = data_fingerprint(fn_args)
         base_config = TrainerConfig.from_parameters(**base)
-        self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"),
-                                          memory_budget_bytes=base_config.feature_cache_memory_mb << 20)
+        budget = base_config.feature_cache_memory_mb << 20
+        self.feature_caches = CachesByCut(self.data_fingerprint, os.path.join(working_dir, "feature_cache"), budget)
         self.first_phases: dict[str, PhaseState] = {}  # phase_key -> the state after that first phase
 
     def close(self) -> None:
-        self.feature_cache.close()
-
-    def _context(self, config: TrainerConfig, steps_per_epoch: int | None) -> str:
-        """What the first phase's result depends on besides its plan: every parameter but the policy's
-        later phases (its global fields and first phase stay), the data and the steps per epoch."""
-        policy = config.freeze_policy.model_dump(mode="json", exclude_none=True)
-        policy["phases"] = policy["phases"][:1]
-        parameters = config.model_dump(mode="json", exclude={"freeze_policy"})
-        return json.dumps([parameters, policy, self.data_fingerprint, steps_per_epoch], sort_keys=True, default=str)
+        self.feature_caches.close()
 
     def run(self, number: int, values: dict[str, Any]) -> TrialResult:
         """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
@@ -87,12 +119,12 @@ class SearchTrials:
             plans = plan_policy(config.freeze_policy, model, config.learning_rate, config.epochs)
             optimizer = build_phase_optimizer(model, plans)
         train, evaluation = training_examples(self.fn_args, config, self.schema, contract)
-        cache = self.feature_cache if config.feature_cache == "auto" else None
-        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, cache)
-        total_epochs = sum(plan.epochs or 0 for plan in plans)
-        train_steps = self.fn_args.train_steps
-        steps_per_epoch = math.ceil(train_steps / total_epochs) if train_steps and total_epochs else None
-        key = phase_key(plans, self._context(config, steps_per_epoch)) if can_share_first_phase(plans) else None
+        caching = config.feature_cache == "auto"
+        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, self.feature_caches if caching else None)
+        schedule = build_schedule(plans, feature_cache=caching, total_steps=self.fn_args.train_steps, model=model)
+        first_steps = (schedule[0].steps_per_epoch, schedule[0].remainder_steps)
+        key = phase_key(plans, first_phase_context(config, self.data_fingerprint, first_steps)) \
+            if can_share_first_phase(plans) else None
         checkpoint_dir, record, reused = None, None, ()
         if key in self.first_phases:
             checkpoint_dir = os.path.join(self.working_dir, f"trial_{number}", "checkpoints")
@@ -102,8 +134,8 @@ class SearchTrials:
             record = RecordFirstPhase(model, optimizer, plans[0])
         with strategy.scope():
             checks, metrics = train_with_proof(
-                model, plans, feed, loop=config.training_loop, strategy=strategy, task=contract.task,
-                callbacks=[record] if record else [], steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+                model, schedule, feed, loop=config.training_loop, strategy=strategy, task=contract.task,
+                callbacks=[record] if record else [], optimizer=optimizer,
                 jit_compile=config.jit_compile, checkpoint_dir=checkpoint_dir, verbose=0,
             )
         if record and record.state:

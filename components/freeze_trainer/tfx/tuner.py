@@ -33,6 +33,7 @@ from tfx.components.tuner.component import TunerFnResult
 from freeze_trainer.tfx.search_space import (
     DEFAULT_OBJECTIVES, Objective, Range, SearchSpace, SearchSpaceError, format_values, parse_search_space,
 )
+from freeze_trainer.tfx.search_report import TRIALS_FILE
 from freeze_trainer.tfx.search_trials import SearchTrials, TrialResult
 from freeze_trainer.tfx.trainer_config import TrainerConfig
 
@@ -41,7 +42,6 @@ TRAINER_PARAMETERS_KEY = "freeze_trainer_parameters"
 # Optional: a folder that outlives the Tuner's execution, for the oracle's state and `trials.json`. A search
 # rerun there with the same space and parameters resumes: its finished trials are not run again.
 SEARCH_DIR_KEY = "freeze_trainer_search_dir"
-TRIALS_FILE = "trials.json"
 _ORACLES = {"random": kt.oracles.RandomSearchOracle, "bayesian": kt.oracles.BayesianOptimizationOracle,
             "hyperband": kt.oracles.HyperbandOracle}
 
@@ -149,7 +149,8 @@ class FreezeAwareTuner(kt.engine.base_tuner.BaseTuner):
         print(trial_line(number, self.total, values, objective, result), flush=True)
         self.records = [record for record in self.records if record["trial"] != number]
         self.records.append({"trial": number, "trial_id": trial.trial_id, "values": values,
-                             "objective": {objective: result.metrics.get(objective)}, "metrics": result.metrics,
+                             "objective": {objective: result.metrics.get(objective)},
+                             "direction": self.oracle.objective.direction, "metrics": result.metrics,
                              "seconds": round(result.seconds, 2), "reused": list(result.reused),
                              "trained": list(result.trained_phases)})
         with open(self.records_path, "w") as f:
