@@ -21,7 +21,7 @@ from tfx.utils import json_utils
 from freeze_trainer.policy import FROZEN_BASE_POLICY
 from freeze_trainer.tfx.executor import Executor
 from freeze_trainer.tfx.search_report import TUNER_RESULTS_KEY
-from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, TRAINER_PARAMETERS, check_literal_parameters
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETERS, check_literal_parameters, check_parameter_names
 
 
 # The table's parameters as top-level execution parameters (FreezeTrainer's, and FreezeTuner's: its trials
@@ -94,9 +94,7 @@ class FreezeTrainer(base_component.BaseComponent):
     ):
         if module_file and run_fn:
             raise ValueError("FreezeTrainer takes at most one of `module_file` and `run_fn`.")
-        unknown = sorted(set(training_parameters) - set(TRAINER_PARAMETER_NAMES))
-        if unknown:
-            raise TypeError(f"FreezeTrainer got unknown parameter(s) {unknown}; it takes {list(TRAINER_PARAMETER_NAMES)}")
+        check_parameter_names("FreezeTrainer", training_parameters)
         # A bad value fails here, where the pipeline is defined; RuntimeParameters when the run starts.
         check_literal_parameters(freeze_policy=freeze_policy, **training_parameters)
         spec = FreezeTrainerSpec(

@@ -30,7 +30,7 @@ from tfx.utils import json_utils
 
 from freeze_trainer.policy import FROZEN_BASE_POLICY
 from freeze_trainer.tfx.component import TRAINER_EXECUTION_PARAMETERS, TUNER_RESULTS_KEY
-from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETER_NAMES, check_parameter_names
 from freeze_trainer.tfx.search_report import TRIALS_FILE
 from freeze_trainer.tfx.tuner import SEARCH_DIR_KEY, SEARCH_SPACE_KEY, TRAINER_PARAMETERS_KEY
 
@@ -93,9 +93,7 @@ class FreezeTuner(base_component.BaseComponent):
                  schema: types.BaseChannel | None = None, search_dir: str | None = None,
                  train_args: trainer_pb2.TrainArgs | None = None, eval_args: trainer_pb2.EvalArgs | None = None,
                  freeze_policy=None, **training_parameters):
-        unknown = sorted(set(training_parameters) - set(TRAINER_PARAMETER_NAMES))
-        if unknown:
-            raise TypeError(f"FreezeTuner got unknown parameter(s) {unknown}; it takes {list(TRAINER_PARAMETER_NAMES)}")
+        check_parameter_names("FreezeTuner", training_parameters)
         spec = FreezeTunerSpec(
             examples=examples,
             transform_graph=transform_graph,

@@ -251,6 +251,14 @@ TRAINER_PARAMETER_NAMES = tuple(parameter.name for parameter in TRAINER_PARAMETE
 _COMPILE_TIME = tuple(parameter.name for parameter in TRAINER_PARAMETERS if not parameter.per_run)
 
 
+def check_parameter_names(component: str, names) -> None:
+    """A component's keyword arguments beyond its own are trainer parameters: any other name is a
+    TypeError, as Python's own for an unexpected keyword argument."""
+    unknown = sorted(set(names) - set(TRAINER_PARAMETER_NAMES))
+    if unknown:
+        raise TypeError(f"{component} got unknown parameter(s) {unknown}; it takes {list(TRAINER_PARAMETER_NAMES)}")
+
+
 def check_literal_parameters(**values) -> None:
     """What `FreezeTrainer(...)` checks when the pipeline is defined: the parameters given as plain values,
     validated as `TrainerConfig.from_parameters` does, with the defaults for the rest, and a local
