@@ -20,7 +20,7 @@ Prints each arm's wall time and best eval accuracy, `search/independent time: 0.
 the search takes at most 0.4x the independent runs' time; at most the anchor's; its best trial's eval
 accuracy is within one eval example of the best independent run's.
 
-Measured on 2 shared cores (defaults): search 122 s, independent 161 s (0.76x: FAIL), anchor 213 s
+Measured on 2 shared cores (defaults): search 85 s, independent 96 s (0.88x: FAIL), anchor 174 s
 (PASS), best trial = best independent run (PASS). The 0.4x goal assumes the shared work dominates a
 trial; here the head phase runs on cached features and costs a few seconds, while every trial still
 builds its model, traces its steps, trains its fine-tune epochs and proves them (10-20 s).
