@@ -107,6 +107,26 @@ def test_features_beyond_the_budget_are_spilled_and_removed_on_close(tmp_path):
     assert not spill.exists()
 
 
+def test_keep_stale_serves_an_earlier_key_again_without_rebuilding_within_one_budget(tmp_path):
+    """A policy search's cache: features of every key built stay, and all of them share the one budget,
+    so a second key's features go to disk when the first's fill it."""
+    examples = {"train": tf.data.Dataset.from_tensor_slices((IMAGES[:40], LABELS[:40]))}
+    tf.keras.utils.set_random_seed(0)
+    first, second = classifier("MobileNetV2"), classifier("MobileNetV2")  # other weights: another key
+    with FeatureCache("source", str(tmp_path / "measure")) as measure:
+        measure.features(first, examples, batch_size=16)
+        one_key_bytes = measure._stores["train"].memory_bytes
+    with FeatureCache("source", str(tmp_path / "spill"), one_key_bytes, keep_stale=True) as cache:
+        cache.features(first, examples, batch_size=16)
+        first_store = cache._stores["train"]
+        cache.features(second, examples, batch_size=16)
+        second_store = cache._stores["train"]
+        assert (first_store.memory_bytes, first_store.disk_bytes) == (one_key_bytes, 0)
+        assert (second_store.memory_bytes, second_store.disk_bytes) == (0, one_key_bytes)
+        cache.features(first, examples, batch_size=16)
+        assert cache._stores["train"] is first_store  # served again, not rebuilt
+
+
 def test_source_fingerprint_changes_when_a_file_is_rewritten(tmp_path):
     data = tmp_path / "Split-train"
     data.mkdir()

@@ -3,10 +3,11 @@
 Each trial trains as FreezeTrainer would with the trial's values applied (`trial_config`, as a
 `hyperparameters` artifact applies them): the model the parameters describe, the policy's plan, either
 loop, the freeze proof of every phase, on the schedule the trainer would build. What trials share: the
-examples' schema and files, a FeatureCache per cut (`CachesByCut`: where the schedule caches a phase,
-its frozen base's pooled features or its frozen prefix's outputs are computed once for the whole search,
-the key covering the frozen part's weights), and the first phase's result (keras/training/shared_phases.py):
-a trial whose first phase resolves as an earlier one's did starts at its second phase from that state.
+examples' schema and files, one FeatureCache that keeps every key it built (where the schedule caches a
+phase, its frozen base's pooled features or its frozen prefix's outputs are computed once per cut for the
+whole search, within one memory budget, the key covering the frozen part's weights), and the first
+phase's result (keras/training/shared_phases.py): a trial whose first phase resolves as an earlier one's
+did starts at its second phase from that state.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from freeze_trainer.keras.distribution import choose_strategy
 from freeze_trainer.keras.data.example_feed import ExampleFeed
-from freeze_trainer.keras.data.feature_cache import FeatureCache, cache_key
+from freeze_trainer.keras.data.feature_cache import FeatureCache
 from freeze_trainer.keras.planning.freeze_plan import PhasePlan, plan_policy
 from freeze_trainer.keras.planning.phase_schedule import build_schedule
 from freeze_trainer.keras.training.phase_runner import build_phase_optimizer
@@ -64,30 +65,6 @@ def first_phase_context(config: TrainerConfig, data_fingerprint: str, first_phas
     return json.dumps([parameters, policy, data_fingerprint, first_phase_steps], sort_keys=True, default=str)
 
 
-class CachesByCut:
-    """A FeatureCache for each frozen part a phase trains over (its cache key: that part's architecture and
-    weights, and the data), serving as the trials' ExampleFeed's feature cache: a head phase reads the
-    frozen base's pooled features and a fine-tune phase its frozen prefix's outputs, trials that unfreeze
-    different blocks cut the base at different places, and each is computed once for the whole search
-    (one FeatureCache holds one key, as one run's phases need)."""
-
-    def __init__(self, data_fingerprint: str, spill_dir: str, memory_budget_bytes: int):
-        self.data_fingerprint, self.spill_dir, self.memory_budget_bytes = data_fingerprint, spill_dir, memory_budget_bytes
-        self.caches: dict[str, FeatureCache] = {}
-
-    def features(self, model: tf.keras.Model, examples: dict[str, tf.data.Dataset], batch_size: int,
-                 extractor: tf.keras.Model) -> dict[str, tf.data.Dataset]:
-        key = cache_key(extractor, self.data_fingerprint, (1, 0))  # one worker: the Tuner's
-        if key not in self.caches:
-            self.caches[key] = FeatureCache(self.data_fingerprint, os.path.join(self.spill_dir, key),
-                                            self.memory_budget_bytes)
-        return self.caches[key].features(model, examples, batch_size, extractor)
-
-    def close(self) -> None:
-        for cache in self.caches.values():
-            cache.close()
-
-
 class SearchTrials:
     """Runs trials on the data of `fn_args` (TFX's Tuner's) with the trainer parameters `base` (name ->
     value, None for the default); scratch files go under `working_dir`."""
@@ -99,11 +76,12 @@ class SearchTrials:
         self.data_fingerprint = data_fingerprint(fn_args)
         base_config = TrainerConfig.from_parameters(**base)
         budget = base_config.feature_cache_memory_mb << 20
-        self.feature_caches = CachesByCut(self.data_fingerprint, os.path.join(working_dir, "feature_cache"), budget)
+        self.feature_cache = FeatureCache(self.data_fingerprint, os.path.join(working_dir, "feature_cache"), budget,
+                                          keep_stale=True)
         self.first_phases: dict[str, PhaseState] = {}  # phase_key -> the state after that first phase
 
     def close(self) -> None:
-        self.feature_caches.close()
+        self.feature_cache.close()
 
     def run(self, number: int, values: dict[str, Any]) -> TrialResult:
         """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
@@ -120,7 +98,7 @@ class SearchTrials:
             optimizer = build_phase_optimizer(model, plans)
         train, evaluation = training_examples(self.fn_args, config, self.schema, contract)
         caching = config.feature_cache == "auto"
-        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, self.feature_caches if caching else None)
+        feed = ExampleFeed(train, evaluation, config.batch_size, config.seed, self.feature_cache if caching else None)
         schedule = build_schedule(plans, feature_cache=caching, total_steps=self.fn_args.train_steps, model=model)
         first_steps = (schedule[0].steps_per_epoch, schedule[0].remainder_steps)
         key = phase_key(plans, first_phase_context(config, self.data_fingerprint, first_steps)) \

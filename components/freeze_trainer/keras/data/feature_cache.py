@@ -9,7 +9,9 @@ The cache key covers the example files and the Transform graph (the caller's `so
 the extractor's architecture and every one of its weights (BatchNorm statistics included), the dtype
 policy and the worker's shard: features are reused only while all of those are unchanged, so a later
 head-only phase after the base trained computes them again. Features stay in memory up to a budget;
-the rest is written to disk in shards and streamed back. Under MultiWorkerMirroredStrategy each worker
+the rest is written to disk in shards and streamed back. A run's phases need one key at a time; a policy
+search's trials cut the base at a few places and come back to each (`keep_stale`: every key built stays,
+all of them within the one memory budget). Under MultiWorkerMirroredStrategy each worker
 caches only its own shard of the examples.
 """
 
@@ -117,12 +119,15 @@ class _FeatureStore:
 
 class FeatureCache:
     """Computes and keeps the features of the examples under the current base; `close()` (or leaving
-    a `with` block) deletes what was spilled to `spill_dir`."""
+    a `with` block) deletes what was spilled to `spill_dir`. With `keep_stale`, features built under an
+    earlier key stay, for when that key comes back."""
 
-    def __init__(self, source_fingerprint: str, spill_dir: str, memory_budget_bytes: int = 1 << 30):
+    def __init__(self, source_fingerprint: str, spill_dir: str, memory_budget_bytes: int = 1 << 30,
+                 keep_stale: bool = False):
         self.source_fingerprint, self.spill_dir, self.memory_budget_bytes = source_fingerprint, spill_dir, memory_budget_bytes
+        self.keep_stale = keep_stale
         self.key: str | None = None
-        self._stores: dict[str, _FeatureStore] = {}
+        self._built: dict[str, dict[str, _FeatureStore]] = {}  # key -> each split's store
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -131,9 +136,13 @@ class FeatureCache:
         self.close()
 
     def close(self) -> None:
-        self._stores, self.key = {}, None
+        self._built, self.key = {}, None
         if tf.io.gfile.exists(self.spill_dir):
             tf.io.gfile.rmtree(self.spill_dir)
+
+    @property
+    def _stores(self) -> dict[str, _FeatureStore]:
+        return self._built.get(self.key, {})
 
     @property
     def cached_examples(self) -> dict[str, int]:
@@ -153,19 +162,21 @@ class FeatureCache:
         multi_worker = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
         shard = worker_shard() if multi_worker else (1, 0)
         key = cache_key(extractor, self.source_fingerprint, shard)
-        if key != self.key:
-            self.close()  # a stale cache goes before the new one takes memory
-            self._stores = self._build(extractor, examples, batch_size, key, shard)
-            self.key = key
+        if key not in self._built:
+            if not self.keep_stale:
+                self.close()  # a stale cache goes before the new one takes memory
+            held = sum(store.memory_bytes for stores in self._built.values() for store in stores.values())
+            self._built[key] = self._build(extractor, examples, batch_size, key, shard, self.memory_budget_bytes - held)
+        self.key = key
         options = tf.data.Options()
         if shard[0] > 1:  # each worker already holds only its own shard
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return {split: store.dataset().with_options(options) for split, store in self._stores.items()}
 
-    def _build(self, extractor, examples: dict[str, tf.data.Dataset], batch_size: int, key: str, shard):
+    def _build(self, extractor, examples: dict[str, tf.data.Dataset], batch_size: int, key: str, shard,
+               budget: int) -> dict[str, _FeatureStore]:
         start = time.perf_counter()
         extract = tf.function(lambda inputs: extractor(inputs, training=False), reduce_retracing=True)
-        budget = self.memory_budget_bytes
         stores = {}
         for split, split_examples in examples.items():
             store = _FeatureStore(os.path.join(self.spill_dir, key, split), budget)
