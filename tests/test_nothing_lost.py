@@ -220,7 +220,7 @@ def test_with_every_checkpoint_truncated_training_starts_over_with_the_model_unt
         _truncate(f"{path}.data-00000-of-00001")
     model = tiny_classifier()
     weights = [w.copy() for w in model.get_weights()]
-    assert TrainingCheckpoints(str(tmp_path), model, tf.keras.optimizers.Adam()).restore() == Progress()
+    assert TrainingCheckpoints(str(tmp_path), model, tf.keras.optimizers.Adam()).restore() is None
     assert all((a == b).all() for a, b in zip(weights, model.get_weights()))
 
 

@@ -121,10 +121,12 @@ def test_an_unknown_key_is_refused_before_any_component_runs(tmp_path):
     assert not output_dir.exists()  # no data written, no pipeline started
 
 
-def test_a_killed_search_resumes_its_finished_trials(tmp_path):
+def test_a_killed_search_resumes_its_finished_trials(tmp_path, search_run):
     """Killed after two trials, a rerun on the same folder runs only the other two (KerasTuner's oracle
-    state under `<output-dir>/search`); its first trial trains the head again (the shared state is held
-    in memory by one search), the next one reuses it."""
+    state under `<output-dir>/search`); its first trial trains the head again on a newly built model (the
+    shared state and the built model are held in memory by one search), the next one reuses both. Each ends
+    as the same values did in the uninterrupted search, where they trained on the model two trials before
+    them had trained."""
     space_path = tmp_path / "space.yaml"
     space_path.write_text(SPACE)
     args = _search_args(str(tmp_path / "run"), str(space_path))
@@ -147,6 +149,8 @@ def test_a_killed_search_resumes_its_finished_trials(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     trials = TRIAL_LINE.findall(result.stdout)
     assert [(number, reused) for number, *_, reused in trials] == [("3", "nothing"), ("4", "head")]
+    uninterrupted = {text: score for _, _, text, score, *_ in TRIAL_LINE.findall(search_run[1].stdout)}
+    assert {text: score for _, _, text, score, *_ in trials} == {text: uninterrupted[text] for _, _, text, *_ in trials}
 
 
 def test_unreadable_trials_leave_the_report_without_its_search_section(tmp_path):

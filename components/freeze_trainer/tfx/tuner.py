@@ -7,7 +7,8 @@
 
 The space (tfx/search_space.py) is checked against the parameters before any trial. KerasTuner's oracle
 (random, Bayesian or Hyperband) picks each trial's values; the trial trains as FreezeTrainer would with
-them applied (search_trials.py: trials share the first phase and the feature cache) and prints one line:
+them applied (search_trials.py: trials share the built model, phases and the feature cache) and prints one
+line:
 
     trial 3/8: policy.batchnorm=affine  policy.phases.1.learning_rate=0.001  val_accuracy 0.612 in 14.2 s (reused: head)
 

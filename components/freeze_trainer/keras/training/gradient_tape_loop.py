@@ -16,6 +16,7 @@ from freeze_trainer.keras.planning.freeze_plan import PhasePlan
 from freeze_trainer.keras.training.freeze_proof import FreezeCheck
 from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
 from freeze_trainer.keras.training.phase_runner import PhaseCall, run_phases
+from freeze_trainer.keras.training.training_checkpoints import Progress
 from freeze_trainer.keras.planning.phase_schedule import PhaseSchedule
 from freeze_trainer.keras.models.tasks import MULTICLASS, Task
 
@@ -92,6 +93,7 @@ def train_with_gradient_tape(
     checkpoint_every_steps: int | None = None,
     task: Task = MULTICLASS,
     remainder_steps: int = 0,
+    resume_from: Progress | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase with the tape loop; returns each phase's freeze check and the last metrics.
     `verbose`: 0 is silent; otherwise each phase prints a line and one progress bar (phase_progress.py)."""
@@ -134,4 +136,4 @@ def train_with_gradient_tape(
         return logs
 
     return run_phases(model, plans, train_phase, train_data, eval_data, optimizer, steps_per_epoch, checkpoint_dir,
-                      checkpoint_every_steps, verbose, remainder_steps)
+                      checkpoint_every_steps, verbose, remainder_steps, resume_from)

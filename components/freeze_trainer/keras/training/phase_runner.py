@@ -134,6 +134,7 @@ def run_phases(
     checkpoint_every_steps: int | None = None,
     verbose: int = 1,
     remainder_steps: int = 0,
+    resume_from: Progress | None = None,
 ) -> tuple[list[FreezeCheck], dict[str, float]]:
     """Runs every phase in order; returns each phase's freeze check and the last epoch's metrics.
 
@@ -141,7 +142,8 @@ def run_phases(
     (`build_schedule`): an epoch is `steps_per_epoch` batches (None: one pass over the training data; a
     `steps` phase is one epoch of that many); the last epoch of the last phase counted in such epochs takes
     `remainder_steps` more. With `checkpoint_dir`, progress is saved every `checkpoint_every_steps` batches
-    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it. Unless
+    of a phase (None: at every epoch's end) and at every phase's end, and a rerun resumes from it; without a
+    checkpoint, training starts at `resume_from` (a shared first phase's end, its state already loaded). Unless
     `verbose` is 0, each phase prints a line and one progress bar over all its batches."""
     exempt_tf_keras_from_autograph()
     feed = train_data if isinstance(train_data, ExampleFeed) else BatchedFeed(train_data, eval_data)
@@ -150,7 +152,7 @@ def run_phases(
         steps_per_epoch=steps_per_epoch, remainder_steps=remainder_steps, model=model)
     run = _PhaseRun(model, schedule, train_phase, feed, optimizer or build_phase_optimizer(model, schedule.plans),
                     checkpoint_every_steps, verbose)
-    run.start(checkpoint_dir)
+    run.start(checkpoint_dir, resume_from or Progress())
     for phase in schedule:
         if phase.index >= run.resumed.phase:
             run.phase(phase)
@@ -169,14 +171,15 @@ class _PhaseRun:
             raise ValueError("restore_best: a phase restores its best epoch, which needs evaluation data")
         self.checkpoints, self.resumed, self.checks, self.metrics = None, Progress(), [], {}
 
-    def start(self, checkpoint_dir: str | None) -> None:
+    def start(self, checkpoint_dir: str | None, resume_from: Progress) -> None:
+        self.resumed = resume_from
         if checkpoint_dir:
             extra_state = {"best_weights": self.best.trackable} if self.best else {}
             self.checkpoints = TrainingCheckpoints(checkpoint_dir, self.model, self.optimizer, **extra_state)
-            self.resumed = self.checkpoints.restore()
+            self.resumed = self.checkpoints.restore() or resume_from
         if self.resumed.phase or self.resumed.position:
-            logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir, self.resumed.phase,
-                         self.resumed.position)
+            logging.info("Resuming from %s at phase %d, batch %d", checkpoint_dir or "a shared phase",
+                         self.resumed.phase, self.resumed.position)
         self.checks = list(self.resumed.completed)
 
     def phase(self, phase: ScheduledPhase) -> None:

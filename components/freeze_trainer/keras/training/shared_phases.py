@@ -6,9 +6,10 @@ next, at which rate). A trial whose first phase resolves to the same settings as
 plus the model, data and seed the caller adds) starts from that trial's state at the end of the phase:
 the model's weights, and the Adam moments and step counts of the variables the phase trained.
 
-The state is captured as the first phase's training ends (`RecordFirstPhase`) and handed to the next
-trial as a training checkpoint at the start of its second phase (`write_resume_checkpoint`): the phase
-loop resumes there exactly as a preempted run resumes, with the first phase's freeze check carried over.
+The state is captured as the first phase's training ends (`RecordFirstPhase`) and loaded into the next
+trial's model and optimizer (`load_state`), whose phase loop then starts at the second phase exactly as a
+preempted run resumes from a checkpoint there (`run_phases`'s `resume_from`), with the first phase's
+freeze check carried over; nothing is written to disk.
 The state is keyed by variable position, not by checkpoint layout, so trials whose later phases train
 other variables (another block, BatchNorm's affine weights) still share it. Policies whose phases restore
 their best epoch are not shared (their best-weights record spans phases).
@@ -25,7 +26,7 @@ import tensorflow as tf
 from freeze_trainer.keras.planning.freeze_plan import PhasePlan
 from freeze_trainer.keras.training.freeze_proof import FreezeCheck
 from freeze_trainer.keras.training.layer_rate_optimizer import LayerRateAdam
-from freeze_trainer.keras.training.training_checkpoints import Progress, TrainingCheckpoints
+from freeze_trainer.keras.training.training_checkpoints import Progress
 
 
 def can_share_first_phase(plans: list[PhasePlan]) -> bool:
@@ -33,10 +34,10 @@ def can_share_first_phase(plans: list[PhasePlan]) -> bool:
     return len(plans) > 1 and not any(plan.phase.restores_best for plan in plans)
 
 
-def phase_key(plans: list[PhasePlan], context: str) -> str:
-    """The key of the first phase's result: its resolved plan and `context`, the caller's text for
-    everything else training reads (model parameters, data, seed, batch size, loop, steps)."""
-    return hashlib.sha256(f"{plans[0]!r}\n{context}".encode()).hexdigest()[:24]
+def phase_key(plans: list[PhasePlan], context: str, count: int = 1) -> str:
+    """The key of the result of the first `count` phases: their resolved plans and `context`, the caller's
+    text for everything else training reads (model parameters, data, seed, batch size, loop, steps)."""
+    return hashlib.sha256(f"{plans[:count]!r}\n{context}".encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,9 @@ def capture_state(model: tf.keras.Model, optimizer: LayerRateAdam, plan: PhasePl
     return PhaseState(tuple(v.numpy() for v in model.variables), int(optimizer.iterations.numpy()), slots)
 
 
-def write_resume_checkpoint(state: PhaseState, model: tf.keras.Model, optimizer: LayerRateAdam,
-                            checkpoint_dir: str) -> None:
-    """Loads `state` into `model` and `optimizer` (built over this trial's plans) and saves the checkpoint
-    from which the phase loop resumes at the second phase."""
+def load_state(state: PhaseState, model: tf.keras.Model, optimizer: LayerRateAdam) -> Progress:
+    """Loads `state` into `model` and `optimizer` (built over this trial's plans); returns the progress
+    the phase loop resumes from: the second phase, the first one's check carried over."""
     for variable, value in zip(model.variables, state.weights, strict=True):
         variable.assign(value)
     optimizer.iterations.assign(state.iterations)
@@ -76,7 +76,7 @@ def write_resume_checkpoint(state: PhaseState, model: tf.keras.Model, optimizer:
         index = optimizer._index_dict[optimizer._var_key(model.variables[position])]
         for slot, value in zip(_slot_lists(optimizer), values):
             slot[index].assign(value)
-    TrainingCheckpoints(checkpoint_dir, model, optimizer).save(Progress(1, 0, {}, (state.check,)))
+    return Progress(1, 0, {}, (state.check,))
 
 
 class RecordFirstPhase(tf.keras.callbacks.Callback):

@@ -71,9 +71,9 @@ class TrainingCheckpoints:
         self.manager = tf.train.CheckpointManager(checkpoint, self._scratch or directory,
                                                   max_to_keep=1 if self._scratch else CHECKPOINTS_KEPT)
 
-    def restore(self) -> Progress:
+    def restore(self) -> Progress | None:
         """Restores the model and optimizer from the chief's latest whole checkpoint and returns its
-        progress (with none, the start). A damaged one (cut short by a full disk, say) is named in a
+        progress (None without one). A damaged one (cut short by a full disk, say) is named in a
         warning and skipped for the one before it; each is read whole first, so a damaged one leaves the
         model untouched."""
         for path in _checkpoints_newest_first(self.directory):
@@ -83,7 +83,7 @@ class TrainingCheckpoints:
                 return self._state.progress
             logging.warning("Checkpoint %s is damaged and skipped (%s); resuming from the one before it, if any",
                             path, damage)
-        return Progress()
+        return None
 
     def save(self, progress: Progress) -> None:
         self._state.progress = progress
