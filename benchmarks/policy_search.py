@@ -20,10 +20,11 @@ Prints each arm's wall time and best eval accuracy, `search/independent time: 0.
 the search takes at most 0.4x the independent runs' time; at most the anchor's; its best trial's eval
 accuracy is within one eval example of the best independent run's.
 
-Measured on 2 shared cores (defaults): search 42.6 s, independent 116.7 s (0.37x: PASS; again 36.9 s vs
-97.0 s, 0.38x), anchor 157.7 s (PASS), best trial = best independent run (PASS; every trial equals its independent run). The search's
-trials train one built model (its weights put back between trials), start after the shared head phase
-and read each cut's cache computed once; the independent runs pay for each of those themselves.
+Measured on 2 shared cores (defaults): search 42.6 s, independent 116.7 s (0.37x: PASS; again 36.9 s
+vs 97.0 s, 0.38x), anchor 157.7 s (PASS), best trial = best independent run (PASS; every trial equals
+its independent run). The search's trials train one built model (its weights put back between trials),
+start after the shared head phase and read each cut's cache computed once; the independent runs pay for
+each of those themselves.
 
     python benchmarks/policy_search.py            # about 10 minutes on 2 shared cores
     python benchmarks/policy_search.py --trials 4 --head-epochs 3
