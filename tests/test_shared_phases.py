@@ -148,3 +148,21 @@ def test_the_search_keys_share_phases_across_frozen_and_affine_batchnorm_only_wh
     assert key(head_twice, "frozen", 2) != key(_policy([{"freeze": {"base": True}}], learning_rate=1e-4), "frozen", 2)
     base_first = _policy(UNFREEZE_B, head={**HEAD, "rules": UNFREEZE_ALL})  # the first phase trains the BatchNorm
     assert key(base_first, "frozen") != key(base_first, "affine")
+
+
+def test_trials_share_a_built_model_unless_a_parameter_building_it_differs():
+    """`model_key`: the table's training-only parameters and the policy's phases do not change the built
+    model; the seed (the new head's weights), dropout and BatchNorm's `train` mode (built in training mode) do."""
+    import json
+
+    from freeze_trainer.tfx.search_trials import model_key
+    from freeze_trainer.tfx.trainer_config import TrainerConfig
+
+    def key(policy: dict = _policy(UNFREEZE_B), **parameters) -> str:
+        return model_key(TrainerConfig.from_parameters(freeze_policy=json.dumps(policy), **parameters))
+
+    same = key()
+    assert key(_policy(UNFREEZE_ALL, learning_rate=1e-4), learning_rate=1e-3, epochs=3, batch_size=8,
+               training_loop="gradient_tape", feature_cache="off", checkpoint_every_steps=5) == same
+    assert key({**_policy(UNFREEZE_B), "batchnorm": "affine"}) == same
+    assert same not in {key(seed=1), key(dropout=0.5), key({**_policy(UNFREEZE_B), "batchnorm": "train"})}

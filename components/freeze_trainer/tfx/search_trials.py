@@ -39,7 +39,7 @@ from freeze_trainer.keras.training.with_proof import train_with_proof
 from freeze_trainer.tfx.data_contract import DataContract
 from freeze_trainer.tfx.run_fn import data_contract, data_fingerprint, examples_schema, training_examples
 from freeze_trainer.tfx.search_space import trial_config
-from freeze_trainer.tfx.trainer_config import TrainerConfig
+from freeze_trainer.tfx.trainer_config import TRAINER_PARAMETERS, TrainerConfig
 from freeze_trainer.tfx.trainer_model import bind_inputs, build_from_config
 
 
@@ -55,16 +55,14 @@ def phase_name(plan: PhasePlan, index: int) -> str:
     return plan.phase.name or f"phase {index + 1}"
 
 
-# The parameters only training reads: trials that differ only in these, and in the policy but for whether
-# BatchNorm runs in inference mode, train one built model.
-TRAINING_PARAMETERS = frozenset({"epochs", "learning_rate", "batch_size", "training_loop", "jit_compile",
-                                 "feature_cache", "feature_cache_memory_mb", "checkpoint_every_steps"})
+_TRAINING_ONLY = {parameter.name for parameter in TRAINER_PARAMETERS if parameter.training_only}
 
 
 def model_key(config: TrainerConfig) -> str:
-    """What building the trial's model reads: every parameter but `TRAINING_PARAMETERS` (the seed included:
-    it draws the new head's weights) and the policy's BatchNorm inference mode."""
-    parameters = config.model_dump(mode="json", exclude={"freeze_policy", *TRAINING_PARAMETERS})
+    """What building the trial's model reads: every parameter but the table's `training_only` ones (the seed
+    stays: it draws the new head's weights), and of the policy whether BatchNorm runs in inference mode.
+    Trials with one key train one built model."""
+    parameters = config.model_dump(mode="json", exclude={"freeze_policy", *_TRAINING_ONLY})
     return json.dumps([parameters, config.freeze_policy.bn_runs_in_inference_mode], sort_keys=True, default=str)
 
 

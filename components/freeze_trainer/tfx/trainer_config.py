@@ -1,7 +1,8 @@
 """The trainer's parameters: one table, and the typed configuration validated from it.
 
 `TrainerConfig`'s fields are the table. Each is declared once, with its type, default, one-line doc and
-whether a pipeline run may override it (`per_run`). The component spec, the component's keyword
+whether a pipeline run may override it (`per_run`) and whether only training reads it (`training_only`:
+building the model does not). The component spec, the component's keyword
 arguments and docstring, the executor, the local runner's options, `create_pipeline`, the Kubeflow
 compile flags and the KFP/Vertex runtime parameters are all derived from it (`TRAINER_PARAMETERS`).
 
@@ -50,9 +51,11 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {reason}")
 
 
-def _parameter(default: Any, doc: str, *, per_run: bool = True):
-    """A table row: `per_run=False` marks a compile-time parameter (fixed when a pipeline is compiled)."""
-    return Field(default, description=doc, json_schema_extra={"per_run": per_run})
+def _parameter(default: Any, doc: str, *, per_run: bool = True, training_only: bool = False):
+    """A table row: `per_run=False` marks a compile-time parameter (fixed when a pipeline is compiled);
+    `training_only=True` one that building the model does not read (a policy search's trials that differ
+    only in such parameters train one built model)."""
+    return Field(default, description=doc, json_schema_extra={"per_run": per_run, "training_only": training_only})
 
 
 class TrainerConfig(BaseModel):
@@ -72,33 +75,36 @@ class TrainerConfig(BaseModel):
     backbone_alpha: Annotated[float, Field(gt=0.0, le=4.0, allow_inf_nan=False)] | None = _parameter(
         None, "Width multiplier of MobileNet backbones; unset: the architecture's default.", per_run=False
     )
-    epochs: PositiveInt = _parameter(10, "Epochs of a phase that sets neither `epochs` nor `steps`.")
-    learning_rate: LearningRate = _parameter(1e-2, "The head's learning rate where a phase sets none.")
+    epochs: PositiveInt = _parameter(10, "Epochs of a phase that sets neither `epochs` nor `steps`.", training_only=True)
+    learning_rate: LearningRate = _parameter(1e-2, "The head's learning rate where a phase sets none.",
+                                              training_only=True)
     # 2**16 examples: past large-batch training's largest global batches; the bound keeps a typo (1e23) from
     # reaching the input pipeline, where it fails after the data is read.
     batch_size: Annotated[int, Field(ge=1, le=65536)] = _parameter(
-        32, "Examples per training batch (global, across replicas).")
+        32, "Examples per training batch (global, across replicas).", training_only=True)
     dropout: float = _parameter(0.2, "Dropout rate before the new head's classifier.")
     # NumPy's and TensorFlow's seeds are unsigned 32-bit: -1 crashes the trainer at its first shuffle.
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = _parameter(0, "Seed of weight initialisation, shuffling and dropout.")
-    training_loop: Literal["fit", "gradient_tape"] = _parameter("fit", "Keras `fit`, or a `tf.GradientTape` loop.")
+    training_loop: Literal["fit", "gradient_tape"] = _parameter("fit", "Keras `fit`, or a `tf.GradientTape` loop.",
+                                                                 training_only=True)
     distribution: Literal["auto", "one_device", "mirrored", "multi_worker"] = _parameter(
         "auto", "The tf.distribute strategy; `auto` picks from TF_CONFIG and the local GPUs.", per_run=False
     )
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = _parameter(
         "none", "Keras mixed-precision policy; the head's softmax stays float32."
     )
-    jit_compile: bool = _parameter(False, "XLA-compile the forward and backward pass.")
+    jit_compile: bool = _parameter(False, "XLA-compile the forward and backward pass.", training_only=True)
     feature_cache: Literal["auto", "off"] = _parameter(
         "auto", "`auto` computes a phase's frozen, deterministic prefix once and trains only the rest on its outputs "
-        "(the head on pooled features where the whole base is frozen); `off` never caches."
+        "(the head on pooled features where the whole base is frozen); `off` never caches.", training_only=True
     )
     # Two of the cache's 64 MB pieces (the pooled features of ~26k examples at 1,280 floats); past that the
     # disk (page cache) serves them as fast here, and the trainer's memory stops growing with the data
     # (benchmarks/pipeline_scale.py).
-    feature_cache_memory_mb: PositiveInt = _parameter(128, "Cached features beyond this many MB go to disk.")
+    feature_cache_memory_mb: PositiveInt = _parameter(128, "Cached features beyond this many MB go to disk.",
+                                                       training_only=True)
     checkpoint_every_steps: NonNegativeInt = _parameter(
-        0, "Save a training checkpoint every N steps of a phase; 0: at every epoch's end."
+        0, "Save a training checkpoint every N steps of a phase; 0: at every epoch's end.", training_only=True
     )
     feature_key: str = _parameter("image", "The raw feature the model reads (the bundled image Transform's input).",
                                   per_run=False)
@@ -201,6 +207,7 @@ class TrainerParameter:
     default: Any
     doc: str
     per_run: bool
+    training_only: bool
 
     @property
     def choices(self) -> tuple[str, ...] | None:
@@ -244,6 +251,7 @@ TRAINER_PARAMETERS: tuple[TrainerParameter, ...] = tuple(
         default=field.default,
         doc=field.description,
         per_run=field.json_schema_extra["per_run"],
+        training_only=field.json_schema_extra["training_only"],
     )
     for name, field in TrainerConfig.model_fields.items()
 )
