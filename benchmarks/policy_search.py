@@ -136,7 +136,7 @@ def run_independent(fn_args, base: dict, combinations: list[dict], workdir: str)
     started, records = time.perf_counter(), []
     for number, values in enumerate(combinations, start=1):
         trials = SearchTrials(fn_args, base, os.path.join(workdir, f"independent_{number}"))
-        result = trials.run(number, values)
+        result = trials.run(values)
         trials.close()
         records.append({"values": values, "val_accuracy": result.metrics["val_accuracy"], "seconds": result.seconds})
     return time.perf_counter() - started, records

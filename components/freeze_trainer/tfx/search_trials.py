@@ -115,8 +115,8 @@ class SearchTrials:
         self.feature_cache.close()
         self.models.clear()
 
-    def run(self, number: int, values: dict[str, Any]) -> TrialResult:
-        """Trains trial `number` with `values` applied; raises what training raises (FreezeViolation...)."""
+    def run(self, values: dict[str, Any]) -> TrialResult:
+        """Trains a trial with `values` applied; raises what training raises (FreezeViolation...)."""
         started = time.perf_counter()
         config = trial_config(self.base, values)
         built = self._model(config)

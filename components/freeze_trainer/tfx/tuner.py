@@ -143,7 +143,7 @@ class FreezeAwareTuner(kt.engine.base_tuner.BaseTuner):
         number = int(trial.trial_id) + 1  # a trial resumed after a kill keeps its id
         values = self.decoded(trial.hyperparameters.values)
         try:
-            result = self.trials.run(number, values)
+            result = self.trials.run(values)
         except Exception as err:  # a broken trial (a freeze violation, a bad value) ends the search
             raise kt.errors.FatalError(f"trial {number}: {type(err).__name__}: {err}") from err
         objective = self.oracle.objective.name
